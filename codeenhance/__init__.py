@@ -1,0 +1,23 @@
+"""CodeEnhance low-light enhancement network: a faithful, export-ready re-implementation."""
+from .checkpoint import CheckpointError, load_model, read_state_dict, save_demo_checkpoint
+from .config import OFFICIAL, TINY, CodeEnhanceConfig
+from .network import CodeEnhance
+from .padding import flip_pad_to_multiple, padded_size
+from .quantizer import nearest_code
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CodeEnhance",
+    "CodeEnhanceConfig",
+    "OFFICIAL",
+    "TINY",
+    "flip_pad_to_multiple",
+    "load_model",
+    "nearest_code",
+    "padded_size",
+    "read_state_dict",
+    "save_demo_checkpoint",
+    "__version__",
+]

@@ -1,0 +1,62 @@
+"""Network hyper-parameters as one small frozen dataclass, with the official preset and a tiny one."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CodeEnhanceConfig:
+    """Sizes of the CodeEnhance generator.
+
+    ``channels`` are the feature widths at full, 1/2 and 1/4 of the padded resolution.
+    The MobileNetV2 semantic backbone is fixed (its 320-channel output is part of the checkpoint format).
+    """
+
+    channels: tuple[int, int, int] = (64, 128, 256)
+    swin_groups: int = 4
+    swin_depth: int = 6
+    swin_heads: int = 8
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    codebook_size: int = 1024
+    code_dim: int = 512
+    norm_groups: int = 32
+
+    # The original pads every image to the next multiple of 32 (encoder /4, then 8x8 windows).
+    pad_multiple: int = 32
+
+    def __post_init__(self) -> None:
+        for c in self.channels:
+            if c % self.norm_groups:
+                raise ValueError(f"channel width {c} is not a multiple of norm_groups={self.norm_groups}")
+        if self.channels[2] % self.swin_heads:
+            raise ValueError(f"swin width {self.channels[2]} is not divisible by swin_heads={self.swin_heads}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodeEnhanceConfig":
+        d = dict(d)
+        if "channels" in d:
+            d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+#: The configuration of the released CodeEnhance model (options/test_Unpaired_codeenhance.yaml).
+OFFICIAL = CodeEnhanceConfig()
+
+#: A small network with the same structure, for fast tests (about 1/40 of the official cost).
+TINY = CodeEnhanceConfig(
+    channels=(32, 32, 64),
+    swin_groups=1,
+    swin_depth=2,
+    swin_heads=2,
+    codebook_size=64,
+    code_dim=32,
+)
+
+PRESETS = {"official": OFFICIAL, "tiny": TINY}

@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to ../shared (skipped cleanly when absent) and small checkpoints made on the fly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CODEENHANCE_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+LOWLIGHT = SHARED / "data" / "lowlight"
+
+
+def need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (set CODEENHANCE_SHARED to the folder holding golden/ and data/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_ckpt() -> Path:
+    return need(GOLDEN / "checkpoint.pth", "golden checkpoint")
+
+
+@pytest.fixture(scope="session")
+def golden_cases():
+    import numpy as np
+
+    return dict(np.load(need(GOLDEN / "cases.npz", "golden parity cases")))
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden_ckpt):
+    import codeenhance
+
+    return codeenhance.load_model(golden_ckpt)
+
+
+@pytest.fixture(scope="session")
+def lowlight_dir() -> Path:
+    return need(LOWLIGHT, "low-light photos (LIME, MEF)")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An untrained checkpoint of the tiny preset (same structure, ~1/40 of the cost)."""
+    from codeenhance import TINY, save_demo_checkpoint
+
+    return save_demo_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", seed=0, config=TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    import codeenhance
+
+    return codeenhance.load_model(tiny_ckpt)

@@ -1,0 +1,68 @@
+"""The contract every inference backend meets (torch, onnxruntime, tensorrt), in the style of Polygraphy's runners.
+
+A backend takes an *unpadded* float32 RGB batch [N,3,H,W] in [0,1] with per-image weights and returns the
+clamped enhanced batch of the same shape; padding to the model's multiple happens inside the model or graph.
+Image-level work (dtype conversion, gray/alpha, batching, tiling) lives above backends, in ``runtime.enhancer``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str  # "torch", "onnxruntime", "tensorrt"
+    device: str  # "cpu", "cuda:0", "NVIDIA H100 ..."
+    precision: str  # "fp32", "fp16-mixed", ...
+    min_hw: tuple[int, int] = (1, 1)  # smallest input H, W accepted
+    max_hw: tuple[int, int] | None = None  # largest input H, W (None: limited by memory only)
+    max_batch: int | None = None
+    extra: dict = field(default_factory=dict)  # backend-specific facts (providers, engine sidecar, ...)
+
+
+@dataclass
+class InferResult:
+    enhanced: np.ndarray  # float32 [N,3,H,W], clamped to [0,1]
+    codes: np.ndarray | None = None  # int [N,1,Hp/4,Wp/4] when the backend can report them
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot load or run, with the reason and what to do."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    def load(self) -> None:
+        """Acquire resources (model weights, sessions, engines, device buffers). Idempotent."""
+
+    def infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        """images float32 [N,3,H,W] RGB in [0,1]; w_texture, w_style float32 [N]."""
+
+    def describe(self) -> BackendInfo: ...
+
+    def close(self) -> None:
+        """Release resources. Idempotent."""
+
+
+def check_batch(images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray, info: BackendInfo) -> None:
+    """Validate a batch against the contract and the backend's shape range, with a specific message."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{info.name}: images must be [N,3,H,W], got {images.shape}")
+    if images.dtype != np.float32:
+        raise ValueError(f"{info.name}: images must be float32 in [0,1], got {images.dtype}")
+    n, _, h, w = images.shape
+    for name, wt in (("w_texture", w_texture), ("w_style", w_style)):
+        if wt.shape != (n,):
+            raise ValueError(f"{info.name}: {name} must have shape ({n},), got {wt.shape}")
+    if h < info.min_hw[0] or w < info.min_hw[1]:
+        raise ValueError(f"{info.name}: {h}x{w} is below the smallest supported size {info.min_hw[0]}x{info.min_hw[1]}")
+    if info.max_hw is not None and (h > info.max_hw[0] or w > info.max_hw[1]):
+        raise ValueError(
+            f"{info.name}: {h}x{w} exceeds the largest supported size {info.max_hw[0]}x{info.max_hw[1]}; "
+            "use tiling (Enhancer(tile=...)) or rebuild the engine with a larger --max"
+        )
+    if info.max_batch is not None and n > info.max_batch:
+        raise ValueError(f"{info.name}: batch {n} exceeds the maximum {info.max_batch}")

@@ -9,7 +9,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -68,7 +67,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"(torch.load weights_only=True). Re-save only the state dict: torch.save({{'params': model.state_dict()}}, ...). "
             f"Detail: {str(e).splitlines()[0]}"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # the unpickler raises many types on garbage (IndexError, EOFError, RuntimeError, ...)
         raise CheckpointError(
             f"{path} could not be read as a PyTorch checkpoint: it looks truncated or corrupt ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no detail'}). Download or copy it again."

@@ -1,0 +1,62 @@
+"""Eager PyTorch CPU latency of the re-implemented CodeEnhance (fp32), to compare with the original's 4.7 s
+for a 256x256 input on a 2-core machine (../shared/SPEC.md).
+
+    python benchmarks/eager_cpu.py [--ckpt PATH] [--sizes 256x256,400x600] [--repeats 5] [--threads N]
+
+Default checkpoint: ../shared/golden/checkpoint.pth when present, else a freshly written demo checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import codeenhance  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "checkpoint.pth"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", type=Path)
+    p.add_argument("--sizes", default="256x256,400x600")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    ckpt = args.ckpt
+    if ckpt is None:
+        ckpt = GOLDEN if GOLDEN.exists() else codeenhance.save_demo_checkpoint(Path(tempfile.mkdtemp()) / "demo.pth")
+    model = codeenhance.load_model(ckpt)
+    print(f"checkpoint: {ckpt}\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads\n")
+    print("| input | padded | first call (s) | median (s) | min (s) |\n|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        h, w = parse_size(size)
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 0.3
+        times = []
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            model.enhance(x)
+            times.append(time.perf_counter() - t0)
+        first, rest = times[0], times[1:]
+        hp, wp = codeenhance.padded_size(h), codeenhance.padded_size(w)
+        print(f"| {h}x{w} | {hp}x{wp} | {first:.2f} | {statistics.median(rest):.2f} | {min(rest):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

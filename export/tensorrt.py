@@ -1,0 +1,338 @@
+"""Build a CodeEnhance TensorRT engine from its ONNX graph (TensorRT 10.12+ and 11.x).
+
+    python -m export.tensorrt model_fp16.onnx [--out model.plan] [--min 64x64 --opt 512x512 --max 1024x1024]
+        [--min-batch 1 --opt-batch 1 --max-batch 1] [--workspace 4] [--opt-level 3] [--timing-cache trt.cache]
+        [--dry-run] [--print-trtexec] [--trt-version 10.16] [--gpu-name NAME] [--overwrite] [--verbose]
+
+The network is strongly typed: precision comes from the graph (the FP16 graph of export/precision.py
+casts inside and keeps FP32 I/O), never from ``BuilderFlag.FP16``, which TensorRT 11 removed. One
+optimization profile covers ``image`` [N,3,H,W] and ``w_texture``/``w_style`` [N]. Next to the engine a
+sidecar ``<engine>.json`` records the TensorRT version, GPU and ONNX hash (export/trt_sidecar.py);
+the engine name carries the same facts as a key (export/trt_plan.py), so stale engines are never reused.
+
+``--dry-run`` and ``--print-trtexec`` work without TensorRT or a GPU: they check the ONNX file and
+print the plan. A dry run exits 0 exactly when a real build would get as far as TensorRT.
+Exit status: 0 done, 1 TensorRT failed to parse or build, 2 bad arguments or ONNX file,
+3 TensorRT or a GPU is missing. TensorRT is imported only on the build path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .trt_plan import (
+    INPUT_NAMES,
+    OUTPUT_ENHANCED,
+    UNKNOWN,
+    BuildFlags,
+    BuildPlan,
+    PlanError,
+    ShapeProfile,
+    default_engine_path,
+    engine_key,
+    format_shape,
+    parse_hw,
+    trt_major,
+)
+from .trt_sidecar import (
+    GpuInfo,
+    StaleEngineError,
+    atomic_write_bytes,
+    check_sidecar,
+    detect_gpu,
+    format_sidecar,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+
+__all__ = [
+    "BuildFlags",
+    "BuildPlan",
+    "EngineBuildError",
+    "EngineBuilder",
+    "PlanError",
+    "ShapeProfile",
+    "StaleEngineError",
+    "TensorRTMissingError",
+    "check_sidecar",
+    "default_engine_path",
+    "engine_key",
+    "main",
+    "read_sidecar",
+    "sidecar_path",
+]
+
+INSTALL_HINT = (
+    'TensorRT is not installed. Install it with `pip install "codeenhance-deploy[tensorrt]"` '
+    "(needs an NVIDIA GPU and driver), or run with --dry-run / --print-trtexec to see the build plan without it."
+)
+EXIT_OK, EXIT_BUILD_FAILED, EXIT_BAD_INPUT, EXIT_NO_TENSORRT = 0, 1, 2, 3
+
+
+class TensorRTMissingError(ImportError):
+    """TensorRT (or a GPU to build on) is not available here."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT rejected the graph or failed to build, with its reasons."""
+
+
+EXIT_CODES = {EngineBuildError: EXIT_BUILD_FAILED, PlanError: EXIT_BAD_INPUT, TensorRTMissingError: EXIT_NO_TENSORRT}
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTMissingError(INSTALL_HINT) from exc
+    return trt
+
+
+def network_creation_flags(trt) -> int:
+    """Strongly typed on every version: opt-in flag on 10.x, always on (flag ignored) on 11.x.
+
+    EXPLICIT_BATCH is never used: ignored since 10.0 and absent from the 11.x enum.
+    """
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def describe_parser_error(error) -> str:
+    """One ONNX parser error as "node <name> (<op>): <description>"; older bindings lack node_name()."""
+    node = getattr(error, "node_name", lambda: "")() or f"#{error.node()}"
+    op = getattr(error, "node_operator", lambda: "")()
+    return f"node {node}{f' ({op})' if op else ''}: {error.desc()}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine_path: Path
+    sidecar_path: Path
+    engine_bytes: int
+    seconds: float
+
+
+class EngineBuilder:
+    """Turns a BuildPlan into an engine file, its sidecar and an updated timing cache."""
+
+    def __init__(self, plan: BuildPlan, *, verbose: bool = False, log=print):
+        self.plan = plan
+        self.trt = import_tensorrt()
+        self.logger = self.trt.Logger(self.trt.Logger.VERBOSE if verbose else self.trt.Logger.WARNING)
+        self.log = log
+
+    def build(self) -> BuildResult:
+        start = time.perf_counter()
+        builder = self.trt.Builder(self.logger)
+        network = builder.create_network(network_creation_flags(self.trt))
+        parser = self.trt.OnnxParser(network, self.logger)  # keep alive until the build: it owns the weights
+        self._parse(parser)
+        self._check_network(network)
+        config = self._configure(builder)
+        timing_cache = self._attach_timing_cache(config)  # noqa: F841 (must outlive the build, per TensorRT docs)
+        self.log(f"building {self.plan.engine_path.name} (this can take minutes) ...")
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineBuildError(
+                f"TensorRT could not build an engine from {self.plan.onnx.path.name} (see its log above). Common causes: "
+                "the workspace is too small (--workspace), the --max shape does not fit in GPU memory, or an "
+                "operator is unsupported at this shape range."
+            )
+        engine = self.plan.engine_path
+        sidecar_path(engine).unlink(missing_ok=True)  # an old sidecar must never describe the new engine
+        atomic_write_bytes(engine, serialized)
+        self._save_timing_cache(config)
+        sidecar = write_sidecar(engine, self.plan.sidecar())
+        return BuildResult(engine, sidecar, engine.stat().st_size, time.perf_counter() - start)
+
+    def _parse(self, parser) -> None:
+        # parse_from_file (not parse(bytes)) so that external weight files next to the model are found.
+        if parser.parse_from_file(str(self.plan.onnx.path)):
+            return
+        errors = [describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(
+            f"TensorRT's ONNX parser rejected {self.plan.onnx.path.name}:\n  " + "\n  ".join(errors or ["(no details)"])
+        )
+
+    def _check_network(self, network) -> None:
+        inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+        outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+        missing = [n for n in (*INPUT_NAMES, OUTPUT_ENHANCED) if n not in inputs | outputs]
+        if missing:
+            raise EngineBuildError(
+                f"the parsed network lacks {', '.join(missing)} (inputs: {sorted(inputs)}, outputs: {sorted(outputs)}); "
+                "the runtime binds tensors by these names"
+            )
+
+    def _configure(self, builder):
+        trt, flags = self.trt, self.plan.flags
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, flags.workspace_bytes)
+        config.builder_optimization_level = flags.opt_level
+        profile = builder.create_optimization_profile()
+        for name, (smallest, optimal, largest) in self.plan.profile.shapes().items():
+            try:
+                profile.set_shape(name, smallest, optimal, largest)
+            except (RuntimeError, ValueError) as exc:
+                raise EngineBuildError(f"TensorRT rejected the profile for {name}: {exc}") from exc
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineBuildError("TensorRT rejected the optimization profile: " + json.dumps(self.plan.profile.as_dict()))
+        return config
+
+    def _attach_timing_cache(self, config):
+        path = self.plan.timing_cache
+        if path is None:
+            return None  # TensorRT still times tactics; the results are just not kept
+        data = path.read_bytes() if path.is_file() else b""
+        try:
+            cache = config.create_timing_cache(data)
+        except (RuntimeError, TypeError, ValueError):  # a corrupt file; handled like a foreign one below
+            cache = None
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            # A cache from another GPU or TensorRT version is refused; timings from elsewhere would mislead.
+            self.log(f"warning: timing cache {path} does not fit this GPU/TensorRT; starting a new one in its place")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        return cache
+
+    def _save_timing_cache(self, config) -> None:
+        if self.plan.timing_cache is None:
+            return
+        cache = config.get_timing_cache()
+        if cache is not None:
+            atomic_write_bytes(self.plan.timing_cache, cache.serialize())
+
+
+def describe_plan(plan: BuildPlan, tensorrt_installed: bool) -> str:
+    """Human-readable plan for --dry-run: what would be built, where, and with which facts in the sidecar."""
+    onnx = plan.onnx
+    shapes = plan.profile.shapes()
+    width = max(map(len, shapes))
+    profile_lines = [
+        f"{name:<{width}}  " + "  ".join(f"{label} {format_shape(s)}" for label, s in zip(("min", "opt", "max"), minoptmax))
+        for name, minoptmax in shapes.items()
+    ]
+    flags = plan.flags
+    trt_note = "" if tensorrt_installed else "  (TensorRT is not installed here: from --trt-version, else unknown)"
+    gpu = "none detected (pass --gpu-name)"
+    if plan.gpu:
+        gpu = f"{plan.gpu.name} (compute capability {plan.gpu.compute_capability})"
+    rows = [
+        ("onnx", f"{onnx.path}  sha256 {onnx.sha256[:16]}...  opset {onnx.opset}  precision {onnx.precision}"),
+        ("inputs", ", ".join(s.describe() for s in onnx.inputs.values())),
+        ("outputs", ", ".join(s.describe() for s in onnx.outputs.values())),
+        ("profile", ("\n" + " " * 12).join(profile_lines)),
+        (
+            "flags",
+            f"strongly typed, workspace {flags.workspace_gib:g} GiB, builder optimization level {flags.opt_level}, "
+            f"timing cache {plan.timing_cache or 'none'}",
+        ),
+        ("tensorrt", plan.trt_version + trt_note),
+        ("gpu", gpu),
+        ("key", plan.key),
+        ("engine", str(plan.engine_path)),
+        ("sidecar", str(sidecar_path(plan.engine_path))),
+    ]
+    lines = ["CodeEnhance TensorRT build plan (dry run: nothing is built)"]
+    lines += [f"  {label:<9} {value}" for label, value in rows]
+    lines += ["sidecar content:", format_sidecar(plan.sidecar()), "trtexec equivalent:"]
+    lines.append(plan.trtexec_text(trt_major(plan.trt_version)))
+    return "\n".join(lines)
+
+
+def _hw_argument(text: str) -> tuple[int, int]:
+    try:
+        return parse_hw(text)
+    except PlanError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.tensorrt",
+        description="Build a strongly typed CodeEnhance TensorRT engine (plus a JSON sidecar) from its ONNX graph.",
+        epilog="exit status: 0 done, 1 TensorRT parse/build failed, 2 bad arguments or ONNX, 3 no TensorRT or GPU",
+    )
+    p.add_argument("onnx", type=Path, help="ONNX graph with inputs image, w_texture, w_style (FP16: export/precision.py)")
+    p.add_argument(
+        "--out", metavar="PATH", help="engine file (.plan/.engine), a folder, or a name with {key} (default: keyed name next to the ONNX)"
+    )
+    p.add_argument("--min", default="64x64", type=_hw_argument, metavar="HxW", help="smallest image HxW (default 64x64)")
+    p.add_argument("--opt", default="512x512", type=_hw_argument, metavar="HxW", help="image HxW to tune for (default 512x512)")
+    p.add_argument("--max", default="1024x1024", type=_hw_argument, metavar="HxW", help="largest image HxW (default 1024x1024)")
+    p.add_argument("--min-batch", type=int, default=1, metavar="N")
+    p.add_argument("--opt-batch", type=int, default=1, metavar="N")
+    p.add_argument("--max-batch", type=int, default=1, metavar="N")
+    p.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="builder workspace limit in GiB (default 4)")
+    p.add_argument("--opt-level", type=int, default=3, metavar="0-5", help="builder optimization level 0-5 (default 3)")
+    p.add_argument("--timing-cache", type=Path, metavar="PATH", help="timing cache file, read if present and rewritten after the build")
+    p.add_argument("--dry-run", action="store_true", help="check the ONNX file and print the plan; build nothing")
+    p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command; build nothing")
+    p.add_argument("--trt-version", metavar="X.Y", help="TensorRT version to plan for when it is not installed here (e.g. 10.16.0 or 11)")
+    p.add_argument("--gpu-name", metavar="NAME", help="GPU name to plan for when none is visible here (e.g. 'NVIDIA H100 80GB HBM3')")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine file")
+    p.add_argument("--verbose", action="store_true", help="TensorRT verbose logging")
+    return p
+
+
+def _installed_trt_version() -> str | None:
+    try:
+        return import_tensorrt().__version__
+    except TensorRTMissingError:
+        return None
+
+
+def _target(args, installed: str | None, planning: bool) -> tuple[str, GpuInfo | None]:
+    """TensorRT version and GPU the engine is for: detected ones, or --trt-version/--gpu-name when planning."""
+    if planning:
+        gpu = GpuInfo(args.gpu_name, UNKNOWN) if args.gpu_name else detect_gpu()
+        return args.trt_version or installed or UNKNOWN, gpu
+    if installed is None:
+        raise TensorRTMissingError(INSTALL_HINT)
+    detected_gpu = detect_gpu()
+    if detected_gpu is None:
+        raise TensorRTMissingError("no CUDA GPU is visible; engines must be built on the GPU model that will run them")
+    for option, given, actual in (("--trt-version", args.trt_version, installed), ("--gpu-name", args.gpu_name, detected_gpu.name)):
+        if given and not actual.startswith(given):
+            raise PlanError(f"{option} {given!r} disagrees with this machine ({actual!r}); a build targets this machine")
+    return installed, detected_gpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    planning = args.dry_run or args.print_trtexec
+    try:
+        installed = _installed_trt_version()
+        trt_version, gpu = _target(args, installed, planning)
+        profile = ShapeProfile(args.min, args.opt, args.max, args.min_batch, args.opt_batch, args.max_batch)
+        flags = BuildFlags(workspace_gib=args.workspace, opt_level=args.opt_level)
+        plan = BuildPlan.create(
+            args.onnx, profile, flags, trt_version=trt_version, gpu=gpu, out=args.out, timing_cache=args.timing_cache
+        )
+        if args.print_trtexec and not args.dry_run:
+            print(plan.trtexec_text(trt_major(trt_version)))
+            return EXIT_OK
+        if plan.engine_path.exists() and not args.overwrite:
+            same_key = " (same key: same ONNX, shapes, flags, TensorRT and GPU)" if plan.key in plan.engine_path.name else ""
+            raise PlanError(f"{plan.engine_path} already exists{same_key}; pass --overwrite to rebuild it")
+        if args.dry_run:
+            print(describe_plan(plan, installed is not None))
+            return EXIT_OK
+        result = EngineBuilder(plan, verbose=args.verbose).build()
+    except (TensorRTMissingError, PlanError, EngineBuildError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(exc, kind))
+    print(
+        f"built {result.engine_path} ({result.engine_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s; "
+        f"sidecar {result.sidecar_path}"
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

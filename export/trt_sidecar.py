@@ -1,0 +1,157 @@
+"""The JSON sidecar written next to every TensorRT engine, and the GPU facts it records.
+
+A serialized engine only runs on the TensorRT version and GPU model that built it, and silently
+encodes the ONNX graph and shape profile it came from. The sidecar ``<engine>.json`` (for example
+``model.plan.json``) keeps those facts in readable form so that a runtime can refuse a stale engine
+with a clear message instead of failing inside ``deserialize_cuda_engine``.
+
+Fields the runtime relies on (keep these names stable): ``tensorrt_version`` (``tensorrt.__version__``
+of the builder), ``gpu_name`` and ``compute_capability`` (``"8.9"``). The rest is documentation:
+``key``, ``precision`` (``"fp32"`` or ``"fp16-mixed"``, read from the graph), ``profile``, ``io``,
+``onnx``, ``build``, ``created``, ``toolkit_version``.
+
+Nothing here imports TensorRT; GPU facts come from cuda-python or, failing that, torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SIDECAR_SCHEMA = 1
+
+
+class StaleEngineError(RuntimeError):
+    """An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell)."""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str  # as CUDA reports it, e.g. "NVIDIA H100 80GB HBM3"
+    compute_capability: str  # "major.minor", e.g. "9.0"
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """``model.plan`` -> ``model.plan.json``: appending (not replacing) the suffix keeps names unambiguous."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def atomic_write_bytes(path: Path, data) -> None:
+    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)  # bytes, or TensorRT's IHostMemory through the buffer protocol
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_sidecar(content: dict) -> str:
+    """Indented JSON with lists of plain values (shapes, names) kept on one line, for people reading it."""
+    text = json.dumps(content, indent=2)
+    return re.sub(r"\[\n\s+([^\[\]{}]*?)\n\s*\]", lambda m: "[" + re.sub(r",\n\s+", ", ", m.group(1)) + "]", text)
+
+
+def write_sidecar(engine_path: str | os.PathLike, content: dict) -> Path:
+    path = sidecar_path(engine_path)
+    atomic_write_bytes(path, (format_sidecar(content) + "\n").encode())
+    return path
+
+
+def read_sidecar(engine_path: str | os.PathLike) -> dict | None:
+    """The sidecar of an engine, or None when there is none. Raises StaleEngineError when it is unreadable."""
+    path = sidecar_path(engine_path)
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StaleEngineError(f"engine sidecar {path} is unreadable ({exc}); rebuild the engine") from exc
+    if not isinstance(content, dict):
+        raise StaleEngineError(f"engine sidecar {path} is not a JSON object; rebuild the engine")
+    return content
+
+
+def check_sidecar(
+    engine_path: str | os.PathLike,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str | None = None,
+    *,
+    onnx_sha256: str | None = None,
+    require: bool = True,
+) -> dict | None:
+    """Check that an engine was built for this TensorRT version and GPU (and ONNX file, if given).
+
+    Returns the sidecar. With ``require=False`` an engine without a sidecar (for example one built
+    by plain trtexec) is accepted unverified and None is returned. Raises StaleEngineError naming
+    every mismatch. TensorRT versions must match exactly: plans are not portable across versions
+    unless built version-compatible, which this toolkit does not do.
+    """
+    content = read_sidecar(engine_path)
+    if content is None:
+        if require:
+            raise StaleEngineError(
+                f"{engine_path} has no sidecar {sidecar_path(engine_path).name}, so the TensorRT version and GPU "
+                "it was built for are unknown; rebuild it with `python -m export.tensorrt`"
+            )
+        return None
+    expected = {"tensorrt_version": trt_version, "gpu_name": gpu_name}
+    if compute_capability is not None:
+        expected["compute_capability"] = compute_capability
+    problems = [
+        f"{field} is {content.get(field)!r} in the sidecar but {want!r} here"
+        for field, want in expected.items()
+        if str(content.get(field, "")).strip() != str(want).strip()
+    ]
+    if onnx_sha256 is not None and content.get("onnx", {}).get("sha256") != onnx_sha256:
+        problems.append("it was built from a different ONNX file (sha256 differs)")
+    if problems:
+        raise StaleEngineError(
+            f"stale TensorRT engine {engine_path}: " + "; ".join(problems) + ". Rebuild it with `python -m export.tensorrt`."
+        )
+    return content
+
+
+def detect_gpu(device: int = 0) -> GpuInfo | None:
+    """Name and compute capability of a CUDA device, or None when no CUDA device can be queried."""
+    return _gpu_from_cuda_python(device) or _gpu_from_torch(device)
+
+
+def _gpu_from_cuda_python(device: int) -> GpuInfo | None:
+    try:  # cuda-python >= 12.6 ships cuda.bindings; cuda.cudart was removed in 13.0.
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return None
+    try:
+        err, props = cudart.cudaGetDeviceProperties(device)
+    except Exception:  # driver missing or broken: treat as "no GPU" rather than crash a dry run
+        return None
+    if err != cudart.cudaError_t.cudaSuccess:
+        return None
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(name=name.rstrip("\x00").strip(), compute_capability=f"{props.major}.{props.minor}")
+
+
+def _gpu_from_torch(device: int) -> GpuInfo | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    try:
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(device)
+        return GpuInfo(name=torch.cuda.get_device_name(device), compute_capability=f"{major}.{minor}")
+    except Exception:
+        return None

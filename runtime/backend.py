@@ -47,6 +47,54 @@ class Backend(Protocol):
         """Release resources. Idempotent."""
 
 
+class BackendBase:
+    """Lifecycle shared by the backends, Polygraphy-runner style: public load/infer/close check state and inputs
+    and call the subclass's ``_load``/``_infer``/``_close``; usable as a context manager."""
+
+    def __init__(self) -> None:
+        self._loaded = False
+
+    def load(self) -> None:
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+
+    def infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        self.load()
+        w_texture = np.asarray(w_texture, dtype=np.float32)
+        w_style = np.asarray(w_style, dtype=np.float32)
+        check_batch(images, w_texture, w_style, self.describe())
+        return self._infer(np.ascontiguousarray(images), w_texture, w_style)
+
+    def describe(self) -> BackendInfo:
+        self.load()  # shape limits and metadata come from the loaded model, session or engine
+        return self._describe()
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    def __enter__(self):
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        raise NotImplementedError
+
+    def _describe(self) -> BackendInfo:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
 def check_batch(images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray, info: BackendInfo) -> None:
     """Validate a batch against the contract and the backend's shape range, with a specific message."""
     if images.ndim != 4 or images.shape[1] != 3:

@@ -55,3 +55,11 @@ def tiny_model(tiny_ckpt):
     import codeenhance
 
     return codeenhance.load_model(tiny_ckpt)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported once per session, with the ``codes`` output."""
+    from export.onnx import export_onnx
+
+    return export_onnx(tiny_ckpt, tmp_path_factory.mktemp("onnx") / "tiny.onnx", with_codes=True)

@@ -1,0 +1,136 @@
+"""What the backends load, made on the fly when not given: demo checkpoint, ONNX graphs, FP16 graph, engine.
+
+Each artifact is produced by the project's own tools (codeenhance, export.onnx, export.precision,
+export.tensorrt); this module only decides names, reuses what a previous run left in ``--artifacts``, and
+records how long each step took. Derived files are named by a hash of their source, so a reused file always
+belongs to the checkpoint or graph of this run.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+OPTIONS = {"checkpoint": "--ckpt", "onnx": "--onnx", "onnx_fp16": "--onnx-fp16", "engine": "--engine"}
+
+
+class ArtifactError(RuntimeError):
+    """An artifact could not be made; the backends that need it are reported with this reason."""
+
+
+def file_key(path: Path, length: int = 10) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+class Artifacts:
+    """Lazily made artifacts, each at most once: ``get(kind)`` -> Path, raising ArtifactError with the reason."""
+
+    def __init__(self, folder: Path, *, ckpt=None, onnx=None, onnx_fp16=None, engine=None, preset="official",
+                 opset=None, sizes=(), batch=1, threads=2, log=print):
+        self.folder, self.preset, self.opset, self.log = Path(folder), preset, opset, log
+        self.sizes, self.batch, self.threads = list(sizes), batch, threads
+        self.paths = {k: Path(v) for k, v in
+                      (("checkpoint", ckpt), ("onnx", onnx), ("onnx_fp16", onnx_fp16), ("engine", engine)) if v}
+        for kind, path in self.paths.items():
+            if not path.exists():
+                raise ArtifactError(f"{OPTIONS[kind]} {path} does not exist")
+        self.given = set(self.paths)
+        self.seconds: dict[str, float] = {}
+        self.reused: set[str] = set()
+        self.errors: dict[str, str] = {}
+        self.makers = {"checkpoint": self._checkpoint, "onnx": lambda: self._graph("gather"),
+                       "onnx_onehot": lambda: self._graph("onehot"), "onnx_fp16": self._fp16, "engine": self._engine}
+
+    def get(self, kind: str) -> Path:
+        """The artifact's path, made (and timed) on first use; ``seconds_to_make`` of a reused file is its lookup."""
+        if kind in self.errors:
+            raise ArtifactError(self.errors[kind])
+        if kind not in self.paths:
+            start = time.perf_counter()
+            try:
+                self.paths[kind] = self.makers[kind]()
+            except Exception as e:  # any failure of a tool: remembered, and every dependent backend says why
+                detail = " ".join(str(e).split())[:500]
+                self.errors[kind] = f"could not make the {kind} artifact: {type(e).__name__}: {detail}"
+                raise ArtifactError(self.errors[kind]) from e
+            self.seconds[kind] = time.perf_counter() - start
+        return self.paths[kind]
+
+    def describe(self) -> dict:
+        return {"paths": {k: str(v) for k, v in self.paths.items()}, "given": sorted(self.given),
+                "reused": sorted(self.reused), "seconds_to_make": self.seconds, "errors": self.errors,
+                "model": self.model_line()}
+
+    def model_line(self) -> str:
+        ckpt = self.paths.get("checkpoint")
+        if ckpt is None:
+            return "no checkpoint"
+        if "checkpoint" in self.given:
+            return f"checkpoint {ckpt}"
+        return f"UNTRAINED demo checkpoint (random weights, seed 0, preset {self.preset}), written on the fly"
+
+    def _out(self, name: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / name
+
+    def _reuse(self, path: Path, what: str) -> bool:
+        if path.exists():
+            self.log(f"reusing {what}: {path}")
+            self.reused.add(path.name)
+            return True
+        self.log(f"making {what}: {path.name} ...")
+        return False
+
+    def _checkpoint(self) -> Path:
+        import codeenhance
+        from codeenhance.config import PRESETS
+
+        path = self._out(f"demo-{self.preset}-seed0.pth")
+        if not self._reuse(path, "demo checkpoint"):
+            codeenhance.save_demo_checkpoint(path, seed=0, config=PRESETS[self.preset])
+        return path
+
+    def _graph(self, lookup: str) -> Path:
+        """The fp32 graph with the ``codes`` output, so code agreement can be measured."""
+        from export.onnx import export_onnx
+
+        ckpt = self.get("checkpoint")
+        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{lookup}-codes.onnx")
+        if not self._reuse(path, f"ONNX graph ({lookup} lookup, with codes)"):
+            options = {} if self.opset is None else {"opset": self.opset}
+            export_onnx(ckpt, path, with_codes=True, lookup=lookup, overwrite=True, **options)
+        return path
+
+    def _fp16(self) -> Path:
+        """The mixed-precision graph, made from the fp32 graph of this run by export.precision (its report, with
+        the nodes kept in FP32 and why, is written beside it)."""
+        from export.precision import convert_file
+
+        source = self.get("onnx")
+        path = self._out(f"{source.stem}-{file_key(source)}-fp16.onnx")
+        if not self._reuse(path, "FP16 graph (export.precision)"):
+            convert_file(source, path, threads=self.threads, overwrite=True,
+                         log=lambda text: self.log(text.splitlines()[0]))  # its full report goes to the file
+        self.paths["onnx_fp16_report"] = path.with_suffix(".precision.json")
+        return path
+
+    def _engine(self) -> Path:
+        """A TensorRT engine from the FP16 graph, its profile covering the benchmark sizes and batch."""
+        from export.tensorrt import EngineBuilder, import_tensorrt
+        from export.trt_plan import BuildPlan, ShapeProfile
+        from export.trt_sidecar import detect_gpu
+
+        source = self.get("onnx_fp16")
+        areas = sorted(self.sizes, key=lambda hw: hw[0] * hw[1])
+        low = (min(h for h, _ in self.sizes), min(w for _, w in self.sizes))
+        high = (max(h for h, _ in self.sizes), max(w for _, w in self.sizes))
+        profile = ShapeProfile(low, areas[-1], high, 1, self.batch, self.batch)
+        plan = BuildPlan.create(source, profile, trt_version=import_tensorrt().__version__, gpu=detect_gpu(),
+                                out=self._out("engines"))
+        if not self._reuse(plan.engine_path, "TensorRT engine"):
+            EngineBuilder(plan, log=self.log).build()
+        return plan.engine_path

@@ -1,0 +1,92 @@
+"""What can be benchmarked: the backends (with what each needs to run) and the input sizes."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+# Named sizes are H x W, landscape, as video frames are.
+SIZE_ALIASES = {"720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "4k": (2160, 3840)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x256', '720x1280', '720p' or '1080p' -> (H, W)."""
+    key = text.strip().lower()
+    if key in SIZE_ALIASES:
+        return SIZE_ALIASES[key]
+    try:
+        h, w = (int(v) for v in key.split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not HxW (e.g. 256x256) or one of {', '.join(SIZE_ALIASES)}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size {text!r} must be positive")
+    return h, w
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = [parse_size(s) for s in text.split(",") if s.strip()]
+    if not sizes:
+        raise ValueError("--sizes is empty")
+    return list(dict.fromkeys(sizes))  # keep order, drop repeats
+
+
+def size_label(hw: tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    runtime: str  # which runtime/ backend class runs it: "torch", "onnxruntime" or "tensorrt"
+    precision: str  # "fp32" or "fp16" (the graph or autocast decides what stays fp32)
+    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot" or "engine"
+    summary: str
+    needs_cuda: bool = False
+
+    @property
+    def precision_label(self) -> str:
+        """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
+        return "fp16-mixed" if self.precision == "fp16" else self.precision
+
+
+BACKENDS = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("torch", "torch", "fp32", "checkpoint", "PyTorch eager fp32: the reference"),
+        BackendSpec("torch-fp16", "torch", "fp16", "checkpoint", "PyTorch CUDA autocast fp16 with fp32 islands",
+                    needs_cuda=True),
+        BackendSpec("onnxruntime", "onnxruntime", "fp32", "onnx", "ONNX Runtime, fp32 graph, gather lookup"),
+        BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", "onnx_fp16",
+                    "ONNX Runtime, mixed-precision fp16 graph (export.precision)"),
+        BackendSpec("tensorrt", "tensorrt", "fp16", "engine", "TensorRT engine built from the fp16 graph",
+                    needs_cuda=True),
+        BackendSpec("onehot", "onnxruntime", "fp32", "onnx_onehot",
+                    "ONNX Runtime, fp32 graph with the original one-hot lookup (baseline)"),
+    )
+}
+
+#: Every other backend is compared with this one, measured in the same run.
+REFERENCE = "torch"
+DEFAULT_BACKENDS = ("torch", "torch-fp16", "onnxruntime", "onnxruntime-fp16", "tensorrt", "onehot")
+
+
+def parse_backends(text: str) -> list[str]:
+    """Names in the order given, the reference first (it is always measured: fidelity and speedup need it)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    return list(dict.fromkeys([REFERENCE, *names]))
+
+
+def skip_reason(spec: BackendSpec, device: str, cuda_available: bool, ort_providers: list[str]) -> str | None:
+    """Why ``spec`` cannot run here, or None. Cheap checks only: anything subtler is reported by the worker."""
+    reasons = []
+    if spec.needs_cuda and device != "cuda":
+        reasons.append(f"needs a CUDA GPU and this run uses --device {device}")
+    if (spec.needs_cuda or device == "cuda") and not cuda_available:
+        reasons.append("no usable CUDA GPU on this machine")
+    if spec.runtime == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        reasons.append("the TensorRT Python package is not installed (pip install -e '.[tensorrt]')")
+    if spec.runtime == "onnxruntime" and device == "cuda" and "CUDAExecutionProvider" not in ort_providers:
+        reasons.append("this onnxruntime has no CUDAExecutionProvider (pip install -e '.[gpu]')")
+    return "; ".join(reasons) or None

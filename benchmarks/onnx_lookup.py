@@ -1,0 +1,225 @@
+"""Our nearest-code lookup (one MatMul on folded constants, ArgMin, Gather) against the original's one-hot lookup
+(ArgMin, scatter a one-hot matrix, MatMul), as two exports of the same model, in ONNX Runtime on CPU:
+
+- latency at 256x256: best of N runs, the two graphs alternating in one process (so load drift hits both);
+- peak memory at 1024x1024: each graph in a fresh subprocess, peak RSS (VmHWM, or getrusage's ru_maxrss).
+
+    python -m benchmarks.onnx_lookup [--ckpt PATH] [--latency-size 256x256] [--memory-size 1024x1024]
+                                     [--repeats 3] [--threads 2] [--workdir DIR]
+
+Default checkpoint: ../shared/golden/checkpoint.pth when present, else a demo checkpoint written to a temp dir.
+Targets: ours <= 1.05x the one-hot graph's time, <= 0.97x its peak memory. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
+GRAPHS = {"ours": "gather", "one-hot": "onehot"}  # label -> export.onnx lookup
+TIME_TARGET, MEMORY_TARGET = 1.05, 0.97
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return h, w
+
+
+def make_session(path: str | Path, threads: int, arena: bool = True):
+    # Imported here, not via export.verify: the memory child must not carry torch in its peak RSS.
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena  # ORT's default is on; off trades some speed for ~10% less peak RSS
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feeds(size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = (rng.random((1, 3, *size), dtype=np.float32) * 0.4).astype(np.float32)  # a dark image
+    return {"image": image, "w_texture": np.ones(1, np.float32), "w_style": np.ones(1, np.float32)}
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process. On Linux from VmHWM: ru_maxrss survives fork+exec, so a child spawned by a
+    parent holding GBs (the exported models) would report the parent's RSS as its own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
+
+
+def measure_peak(path: str, size: tuple[int, int], threads: int, arena: bool) -> dict:
+    """Child process: load one graph, run one image, report peak RSS after loading and after the run."""
+    session = make_session(path, threads, arena)
+    loaded = peak_rss_mib()
+    start = time.perf_counter()
+    session.run(None, feeds(size))
+    return {"load_mib": loaded, "peak_mib": peak_rss_mib(), "run_s": time.perf_counter() - start}
+
+
+def peak_in_fresh_process(path: Path, size: tuple[int, int], threads: int, arena: bool) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.onnx_lookup", "--measure-peak", str(path),
+           "--memory-size", f"{size[0]}x{size[1]}", "--threads", str(threads)] + ([] if arena else ["--no-arena"])
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement of {path.name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_latency(paths: dict[str, Path], size: tuple[int, int], repeats: int, threads: int, arena: bool) -> tuple[dict, float]:
+    """Best time per graph over ``repeats`` rounds, alternating which graph goes first; plus the max abs
+    difference between the two graphs' outputs (they must compute the same image)."""
+    sessions = {label: make_session(path, threads, arena) for label, path in paths.items()}
+    inputs = feeds(size)
+    outputs = {label: s.run(None, inputs)[0] for label, s in sessions.items()}  # warm-up run, kept for the check
+    difference = float(np.abs(outputs["ours"] - outputs["one-hot"]).max())
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for round_ in range(repeats):
+        order = list(sessions) if round_ % 2 == 0 else list(reversed(list(sessions)))
+        for label in order:
+            start = time.perf_counter()
+            sessions[label].run(None, inputs)
+            times[label].append(time.perf_counter() - start)
+    return {label: min(t) for label, t in times.items()}, difference
+
+
+def resolve_checkpoint(ckpt: str | None, workdir: Path) -> Path:
+    if ckpt:
+        return Path(ckpt)
+    if GOLDEN.is_file():
+        return GOLDEN
+    from codeenhance import save_demo_checkpoint
+
+    print("no --ckpt and no golden checkpoint: writing the (untrained) demo checkpoint", file=sys.stderr)
+    return save_demo_checkpoint(workdir / "demo.pth", seed=0, overwrite=True)
+
+
+def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
+    """Both lookups exported from the same checkpoint; a graph left in --workdir by an earlier run of the same
+    checkpoint is reused (the metadata records the checkpoint's sha256)."""
+    import onnx
+
+    from export.onnx import export_onnx, file_sha256
+
+    sha = file_sha256(ckpt)
+    paths = {}
+    for label, lookup in GRAPHS.items():
+        path = workdir / f"codeenhance_{lookup}.onnx"
+        if path.is_file():
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            if props.get("checkpoint_sha256") == sha and props.get("lookup") == lookup:
+                paths[label] = path
+                continue
+        print(f"exporting the {label} graph (lookup={lookup}) ...", file=sys.stderr)
+        paths[label] = export_onnx(ckpt, path, lookup=lookup, overwrite=True)
+    return paths
+
+
+def graph_facts(path: Path) -> dict:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {"nodes": len(graph.node), "scatters": sum(n.op_type.startswith("Scatter") for n in graph.node)}
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"{ratio:.3f}x ({'meets' if ratio <= target else 'MISSES'} <= {target}x)"
+
+
+def table(facts: dict, best: dict, peaks: dict, args) -> str:
+    lat = "x".join(map(str, args.latency_size))
+    mem = "x".join(map(str, args.memory_size)) if peaks else None
+    header = ["graph", "nodes", "Scatter* ops", f"{lat} best of {args.repeats} (s)"]
+    if peaks:
+        header += [f"{mem} peak RSS (MiB)", f"{mem} RSS after load (MiB)", f"{mem} run (s)"]
+    rows = []
+    for label in GRAPHS:
+        row = [label, str(facts[label]["nodes"]), str(facts[label]["scatters"]), f"{best[label]:.3f}"]
+        if peaks:
+            p = peaks[label]
+            row += [f"{p['peak_mib']:.0f}", f"{p['load_mib']:.0f}", f"{p['run_s']:.1f}"]
+        rows.append(row)
+    ratio = ["ours / one-hot", "", "", verdict(best["ours"] / best["one-hot"], TIME_TARGET)]
+    if peaks:
+        ratio += [verdict(peaks["ours"]["peak_mib"] / peaks["one-hot"]["peak_mib"], MEMORY_TARGET), "", ""]
+    rows.append(ratio)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.onnx_lookup", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint (default: the golden one if present, else a demo checkpoint)")
+    p.add_argument("--latency-size", type=parse_size, default=(256, 256), help="HxW for latency (default 256x256)")
+    p.add_argument("--memory-size", type=parse_size, default=(1024, 1024), help="HxW for peak memory (default 1024x1024)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per graph (default 3; best is reported)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--no-arena", action="store_true", help="disable ONNX Runtime's CPU memory arena (both graphs)")
+    p.add_argument("--workdir", help="where the two graphs are written and reused (default: a temp dir)")
+    p.add_argument("--measure-peak", metavar="ONNX", help=argparse.SUPPRESS)  # child mode of the memory runs
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        p.error("--repeats and --threads must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    ckpt = resolve_checkpoint(args.ckpt, workdir)
+    paths = export_graphs(ckpt, workdir)
+    facts = {label: graph_facts(path) for label, path in paths.items()}
+    arena = not args.no_arena
+    best, difference = measure_latency(paths, args.latency_size, args.repeats, args.threads, arena)
+    peaks = {}
+    if not args.no_memory:
+        for label, path in paths.items():
+            print(f"peak memory of {label} at {args.memory_size[0]}x{args.memory_size[1]} ...", file=sys.stderr)
+            peaks[label] = peak_in_fresh_process(path, args.memory_size, args.threads, arena)
+    print(
+        f"checkpoint: {ckpt}; ONNX Runtime CPU, {args.threads} intra-op threads, ORT_ENABLE_ALL, sequential, "
+        f"memory arena {'on' if arena else 'off'}"
+    )
+    print(f"max abs difference between the two graphs' outputs: {difference:.3g}\n")
+    print(table(facts, best, peaks, args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.measure_peak:
+        print(json.dumps(measure_peak(args.measure_peak, args.memory_size, args.threads, not args.no_arena)))
+        return 0
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        run(args, workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="onnx_lookup_") as tmp:
+            run(args, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

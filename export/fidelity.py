@@ -1,0 +1,255 @@
+"""Running graphs on images in ONNX Runtime (CPU) and measuring them: activation ranges for calibration,
+and metrics comparing a reduced-precision graph with its FP32 original.
+
+Used by export/precision.py and benchmarks/fp16_fidelity.py. Images are float32 RGB [H,W,3] in [0,1];
+graph outputs are (enhanced [N,3,H,W][, codes]).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+
+# SSIM constants of Wang et al. (2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+# A PSNR of identical images is infinite; aggregates cap it so a mean stays a number.
+PSNR_CAP_DB = 100.0
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, e.g. LIME/ and MEF/), sorted; ValueError if there are none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder of images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}")
+    return paths
+
+
+def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale (area filter) so the longer side is at most ``max_side``; smaller images are kept as they are."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))  # cv2 wants (width, height)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """An image file as float32 RGB [H,W,3] in [0,1] (read as 8-bit BGR with OpenCV, like the original)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path} could not be read as an image")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    return fit_max_side(rgb, max_side)
+
+
+def synthetic_lowlight(count: int, size: tuple[int, int] = (192, 256), seed: int = 0) -> list[np.ndarray]:
+    """Deterministic stand-ins for low-light photos: smooth shading, edges, texture, a bright lamp, sensor noise.
+
+    Dark (mean ~0.1) with a few saturated pixels, so calibration sees both ends of the range.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    images = []
+    for _ in range(count):
+        scene = np.zeros((h, w, 3), np.float32)
+        for _ in range(4):  # low-frequency coloured shading
+            fy, fx, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+            wave = 0.5 + 0.5 * np.sin(2 * np.pi * (fy * yy / h + fx * xx / w) + phase)
+            scene += wave[..., None] * rng.uniform(0.05, 0.3, 3).astype(np.float32)
+        for _ in range(6):  # flat objects with hard edges, at least m pixels wide
+            m = max(1, min(8, h // 2, w // 2))
+            y0, x0 = rng.integers(0, max(1, h - m)), rng.integers(0, max(1, w - m))
+            y1, x1 = rng.integers(y0 + m, h + 1), rng.integers(x0 + m, w + 1)
+            scene[y0:y1, x0:x1] = rng.uniform(0.0, 0.8, 3)
+        scene += rng.normal(0, 0.05, (h, w, 3)).astype(np.float32)  # texture
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        lamp = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.04 * max(h, w)) ** 2))
+        dark = 0.15 * np.clip(scene, 0, 1) ** 1.8 + lamp[..., None] * 1.2
+        dark += rng.normal(0, 0.01, dark.shape).astype(np.float32)  # sensor noise
+        images.append(np.clip(dark, 0, 1).astype(np.float32))
+    return images
+
+
+def calibration_images(folder: str | Path | None, count: int, max_side: int) -> tuple[list[np.ndarray], str]:
+    """(images, description): up to ``count`` spread over the folder's sorted list, or synthetic ones (4:3)."""
+    if folder is None:
+        side = min(max_side, 256)
+        return synthetic_lowlight(count, (side * 3 // 4, side)), f"{count} synthetic low-light images"
+    paths = list_images(folder)
+    picked = list(dict.fromkeys(paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)))
+    return [load_rgb(p, max_side) for p in picked], f"{len(picked)} images from {folder}"
+
+
+def to_nchw(image: np.ndarray) -> np.ndarray:
+    """[H,W,3] -> contiguous float32 [1,3,H,W]."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------ ONNX Runtime
+
+
+def ort_session(model, threads: int = 2, *, in_node_order: bool = False):
+    """A CPU session for a path or serialized bytes; ``threads`` intra-op threads (the machine is shared).
+
+    ``in_node_order``: run nodes in the graph's own order (the default order may run them much later).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if in_node_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    options.log_severity_level = 3  # reused-buffer shape warnings are noise here
+    source = str(model) if isinstance(model, (str, Path)) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def graph_feed(image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0) -> dict[str, np.ndarray]:
+    """The graph's inputs (image, w_texture, w_style) for one [H,W,3] image."""
+    one = np.ones(1, np.float32)
+    return {"image": to_nchw(image), "w_texture": one * w_texture, "w_style": one * w_style}
+
+
+def probe_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """The graph plus one scalar output max|x| (Abs, ReduceMax) per listed float tensor.
+
+    Exposing the activations themselves would keep every one alive until the run ends (GBs at 256 px).
+    Each probe is placed right after the node that makes its tensor and the session runs nodes in that order,
+    so an activation is freed as soon as its last reader is done: peak memory stays near a plain run's
+    (1.0 vs 0.8 GB for the official model at 192x256; 9+ GB in ONNX Runtime's default order).
+    """
+    wanted = set(tensors)
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    nodes = list(probed.graph.node)
+    del probed.graph.node[:], probed.graph.value_info[:]
+    for node in nodes:
+        probed.graph.node.append(node)
+        for t in (o for o in node.output if o in wanted):
+            probed.graph.node.extend([
+                onnx.helper.make_node("Abs", [t], [f"{t}__abs"]),
+                onnx.helper.make_node("ReduceMax", [f"{t}__abs"], [f"{t}__absmax"], keepdims=0),
+            ])
+    probed.graph.output.extend(onnx.helper.make_tensor_value_info(f"{t}__absmax", onnx.TensorProto.FLOAT, []) for t in tensors)
+    return probed
+
+
+def activation_ranges(model: onnx.ModelProto, tensors: list[str], images: Sequence[np.ndarray], threads: int = 2):
+    """(max |x| of each FP32 tensor over the images, inf for NaN; the graph's own outputs for the first image)."""
+    session = ort_session(probe_model(model, tensors).SerializeToString(), threads, in_node_order=True)
+    n_out = len(model.graph.output)
+    absmax: dict[str, float] = dict.fromkeys(tensors, 0.0)
+    first = None
+    for image in images:
+        values = session.run(None, graph_feed(image))
+        first = values[:n_out] if first is None else first
+        for t, v in zip(tensors, values[n_out:]):
+            absmax[t] = max(absmax[t], float(v) if np.isfinite(v) else math.inf)
+    return absmax, first
+
+
+def compare_on_image(model, image: np.ndarray, reference: Sequence[np.ndarray], threads: int = 2) -> dict:
+    """Run a graph (path or bytes) on one image and compare its outputs with ``reference`` (compare_outputs)."""
+    outputs = ort_session(model, threads).run(None, graph_feed(image))
+    return {"image_hw": list(image.shape[:2]), **compare_outputs(reference, outputs)}
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB between two images of values in [0, peak]; inf when identical."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def _as_hwc(x: np.ndarray) -> np.ndarray:
+    """[1,3,H,W] / [3,H,W] / [H,W,3] / [H,W] -> float64 [H,W,C]."""
+    x = np.asarray(x, np.float64)
+    if x.ndim == 4:
+        x = x[0]
+    if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = x.transpose(1, 2, 0)
+    return x[..., None] if x.ndim == 2 else x
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """Mean structural similarity (Wang et al. 2004), per channel then averaged.
+
+    Gaussian-weighted local statistics (11x11, sigma 1.5, via OpenCV), C1 = (0.01 L)^2, C2 = (0.03 L)^2,
+    averaged over the 'valid' region (5 pixels trimmed from each border, as the reference MATLAB code).
+    """
+    x, y = _as_hwc(a), _as_hwc(b)
+    if x.shape != y.shape:
+        raise ValueError(f"ssim needs images of one shape, got {x.shape} and {y.shape}")
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    blur = lambda t: cv2.GaussianBlur(t, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+    values = []
+    for c in range(x.shape[-1]):
+        xc, yc = np.ascontiguousarray(x[..., c]), np.ascontiguousarray(y[..., c])
+        mx, my = blur(xc), blur(yc)
+        vx, vy, cov = blur(xc * xc) - mx * mx, blur(yc * yc) - my * my, blur(xc * yc) - mx * my
+        smap = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        trim = SSIM_WINDOW // 2
+        values.append(smap[trim:-trim, trim:-trim].mean() if min(smap.shape) > 2 * trim else smap.mean())
+    return float(np.mean(values))
+
+
+def to_8bit(x: np.ndarray) -> np.ndarray:
+    """[0,1] floats to the saved 8-bit values (clamp, x255, round), as the original writes images."""
+    return np.round(np.clip(np.asarray(x, np.float64), 0.0, 1.0) * 255.0).astype(np.int16)
+
+
+def max_8bit_error(a: np.ndarray, b: np.ndarray) -> int:
+    """Largest difference, in 8-bit levels, between the two images as they would be saved (255 for NaN/Inf)."""
+    if nonfinite_count(a) or nonfinite_count(b):
+        return 255
+    return int(np.abs(to_8bit(a) - to_8bit(b)).max())
+
+
+def code_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of positions where two code-index maps pick the same codebook entry."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"code maps differ in shape: {a.shape} vs {b.shape}")
+    return float(np.mean(a == b)) if a.size else 1.0
+
+
+def nonfinite_count(x: np.ndarray) -> int:
+    """Number of NaN or +-Inf values."""
+    return int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+
+
+def capped_psnr(values: Sequence[float]) -> list[float]:
+    """PSNR values with inf (identical images) replaced by PSNR_CAP_DB, for means and minima."""
+    return [min(v, PSNR_CAP_DB) for v in values]
+
+
+def compare_outputs(ref: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> dict:
+    """All metrics for one image: outputs are (enhanced[, codes]) as the graphs return them."""
+    ref_img, test_img = ref[0], test[0]
+    row = {
+        "psnr_db": psnr(ref_img, test_img),
+        "ssim": ssim(ref_img, test_img),
+        "max_8bit_error": max_8bit_error(ref_img, test_img),
+        "nonfinite": nonfinite_count(test_img),
+    }
+    if len(ref) > 1 and len(test) > 1:
+        row["code_agreement"] = code_agreement(ref[1], test[1])
+    return row

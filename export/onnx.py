@@ -1,0 +1,236 @@
+"""python -m export.onnx --ckpt CKPT --out model.onnx: CodeEnhance as one exact, small, dynamic ONNX graph.
+
+Graph contract: inputs image float32 [N,3,H,W] (RGB in [0,1], any H, W >= 1), w_texture and w_style
+float32 [N]; output enhanced float32 [N,3,H,W] clamped to [0,1], plus codes int32 [N,1,Hp/4,Wp/4] with
+--with-codes. The original's flip padding to (H//32+1)*32 and the final crop are inside the graph.
+
+The graph is traced with the torch.export-based exporter, cleaned with onnxslim, checked for TensorRT's ONNX
+parser (export/check.py) and verified in ONNX Runtime against PyTorch before it is moved into place.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+
+import codeenhance
+from codeenhance import CheckpointError, CodeEnhance
+
+from . import check as trt_check
+from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
+from .verify import DEFAULT_ATOL, format_report, verify_onnx
+
+PADDING_RULE = (
+    "inside the graph: pad bottom/right to Hp=(H//32+1)*32, Wp=(W//32+1)*32 with the mirrored image "
+    "(rows of cat[x, flip(x)] then columns, as the original test(); always 1..32 added; the mirroring repeats "
+    "for H or W < 16), run, crop to [:H, :W]"
+)
+INPUT_RANGE = "image: float32 RGB in [0,1], [N,3,H,W], H,W >= 1; w_texture, w_style: float32 [N] (1.0 = default)"
+IN_MEMORY = "none: exported from an in-memory model"
+
+Validator = Callable[[Path, CodeEnhance], None]
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done (options, output path), with the reason."""
+
+
+class GraphRejected(ExportError):
+    """The exported graph failed the TensorRT check or the ONNX Runtime verification."""
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(
+            f"opset {opset} is out of range: use {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}). torch's exporter "
+            f"cannot produce opsets below {MIN_OPSET} for this model; above {MAX_OPSET} is untested with TensorRT's "
+            "parser; 21 emits per-channel GroupNormalization, which needs TensorRT >= 10.9"
+        )
+    return opset
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_source(ckpt_or_model: str | os.PathLike | CodeEnhance) -> tuple[CodeEnhance, str]:
+    """(model in eval mode, sha256 of its checkpoint file or IN_MEMORY); CheckpointError for a bad file."""
+    if isinstance(ckpt_or_model, CodeEnhance):
+        return ckpt_or_model.eval(), IN_MEMORY
+    path = Path(ckpt_or_model)
+    model = codeenhance.load_model(path)
+    return model, file_sha256(path)
+
+
+@contextlib.contextmanager
+def reserved_output(out: str | os.PathLike, overwrite: bool):
+    """(final path, temp file next to it), the temp file removed on exit whatever happens. Creating it up front
+    proves the folder is writable before minutes of tracing; ``publish`` renames it over the target."""
+    out = Path(out).absolute()
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory; give a file name such as {out / 'codeenhance.onnx'}")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise ExportError(f"cannot write {out}: {e.strerror or e} ({type(e).__name__})") from e
+    os.close(fd)
+    try:
+        yield out, Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(graph: onnx.ModelProto, tmp: Path, out: Path, validate: Validator | None, model: CodeEnhance | None) -> Path:
+    """Write to the temp file, let ``validate`` reject it, then move it over ``out`` in one rename."""
+    onnx.save(graph, str(tmp))
+    if validate is not None:
+        validate(tmp, model)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
+    os.replace(tmp, out)
+    return out
+
+
+def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: str, with_codes: bool) -> dict[str, str]:
+    import onnxslim
+
+    return {
+        "toolkit_version": codeenhance.__version__,
+        "checkpoint_sha256": checkpoint_sha256,
+        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "padding": PADDING_RULE,
+        "input_range": INPUT_RANGE,
+        "output": "enhanced: float32 [N,3,H,W] clamped to [0,1]" + ("; codes: int32 [N,1,Hp/4,Wp/4]" if with_codes else ""),
+        "opset": str(opset),
+        "lookup": lookup,
+        "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True); onnxslim {onnxslim.__version__}",
+    }
+
+
+def build_onnx(
+    model: CodeEnhance, *, opset: int = DEFAULT_OPSET, with_codes: bool = False, lookup: str = "gather",
+    checkpoint_sha256: str = IN_MEMORY,
+) -> onnx.ModelProto:
+    """Trace, slim and attach the metadata; nothing is written."""
+    check_opset(opset)
+    graph = slim(trace(model, opset=opset, lookup=lookup, with_codes=with_codes))
+    if trt_check.onnx_opset(graph) != opset:  # the exporter falls back to its own opset when conversion fails
+        raise ExportError(f"the exporter produced opset {trt_check.onnx_opset(graph)} instead of the requested {opset}")
+    props = metadata(model, checkpoint_sha256=checkpoint_sha256, opset=opset, lookup=lookup, with_codes=with_codes)
+    onnx.helper.set_model_props(graph, props)
+    return graph
+
+
+def export_onnx(
+    ckpt_or_model: str | os.PathLike | CodeEnhance,
+    out_path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    with_codes: bool = False,
+    lookup: str = "gather",
+    overwrite: bool = False,
+    validate: Validator | None = None,
+) -> Path:
+    """Export to ``out_path`` atomically; ``validate(temp_path, model)`` may raise to reject the graph.
+
+    Raises ExportError (bad options, unwritable or existing output, rejected graph) or CheckpointError.
+    On any failure nothing is left at ``out_path`` (an existing file there stays as it was).
+    """
+    check_opset(opset)
+    if lookup not in LOOKUPS:
+        raise ExportError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
+    with reserved_output(out_path, overwrite) as (out, tmp):
+        model, sha = load_source(ckpt_or_model)
+        graph = build_onnx(model, opset=opset, with_codes=with_codes, lookup=lookup, checkpoint_sha256=sha)
+        return publish(graph, tmp, out, validate, model)
+
+
+def save_onnx(
+    graph: onnx.ModelProto, out_path: str | os.PathLike, *, overwrite: bool = False,
+    validate: Validator | None = None, model: CodeEnhance | None = None,
+) -> Path:
+    """Write an already built graph with the same guarantees as ``export_onnx`` (e.g. after editing it)."""
+    with reserved_output(out_path, overwrite) as (out, tmp):
+        return publish(graph, tmp, out, validate, model)
+
+
+def cli_validator(*, verify: bool, atol: float, threads: int, lookup: str) -> Validator:
+    """The CLI's gate: the TensorRT check always, the ONNX Runtime comparison unless --no-verify."""
+    allowed = {"ScatterElements", "ScatterND"} if lookup == "onehot" else set()  # the baseline is a scatter graph
+
+    def validate(path: Path, model: CodeEnhance) -> None:
+        report = trt_check.check_file(path, forbidden=trt_check.FORBIDDEN_OPS - allowed, label="exported graph")
+        print(report.summary())
+        if not report.ok:
+            raise GraphRejected(f"the graph failed the TensorRT compatibility check ({len(report.problems)} problem(s))")
+        if verify:
+            result = verify_onnx(path, model, atol=atol, threads=threads)
+            print(format_report(result))
+            if not result["passed"]:
+                raise GraphRejected(
+                    f"ONNX Runtime output differs from PyTorch beyond atol {atol:g} (max abs {result['max_abs']:.3g}; "
+                    f"{result['max_abs_same_codes']:.3g} with the same codes)"
+                )
+
+    return validate
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="CodeEnhance generator checkpoint (BasicSR net_g .pth)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    p.add_argument("--with-codes", action="store_true", help="add the int32 'codes' output [N,1,Hp/4,Wp/4]")
+    p.add_argument("--lookup", choices=LOOKUPS, default="gather",
+                   help="nearest-code lookup: gather (default) or onehot (the original's scatter/one-hot, a benchmark baseline)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"max abs error allowed in verification (default {DEFAULT_ATOL:g})")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for verification (default 2)")
+    args = p.parse_args(argv)
+    if args.atol < 0:
+        p.error(f"--atol must be >= 0, got {args.atol}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    validate = cli_validator(verify=not args.no_verify, atol=args.atol, threads=args.threads, lookup=args.lookup)
+    try:
+        out = export_onnx(
+            args.ckpt, args.out, opset=args.opset, with_codes=args.with_codes, lookup=args.lookup,
+            overwrite=args.overwrite, validate=validate,
+        )
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: {e}; nothing was written to {args.out}", file=sys.stderr)
+        return 1 if isinstance(e, GraphRejected) else 2
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, lookup {args.lookup})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,460 @@
+"""python -m export.precision model.onnx --out model_fp16.onnx: an FP16 graph with FP32 islands, FP32 I/O.
+
+TensorRT 11 has no FP16 builder flag: precision must be in the ONNX graph (FP16 tensors plus Casts). This
+tool keeps in FP32, and says why in its report:
+  lookup         the nearest-code distance (||z||^2, the codebook MatMul, the Adds), its ArgMin and the
+                 Gather of codebook rows: FP16 distances flip near-tie codes;
+  normalisation  GroupNorm/InstanceNorm/LayerNorm and the IFT mean/std chains (ReduceMean, squares,
+                 variance, count N from the shape, Sqrt): squares and sums overflow or lose precision;
+  overflow       nodes whose inputs or outputs reach |x| > --data-max on the calibration images (FP32 graph
+                 run in ONNX Runtime), and nodes with initializers beyond the FP16 range;
+  user           --keep-fp32 op types or node names.
+Everything else runs in FP16. Casts are inserted by NVIDIA ModelOpt AutoCast when it is installed, else by
+onnxconverter-common (--backend). The result is checked to load and run in ONNX Runtime with the original
+I/O names and types before it is moved into place.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from . import fidelity
+
+DEFAULT_DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 step is 0.5 or more
+FP16_MAX = float(np.finfo(np.float16).max)
+FLOAT = TensorProto.FLOAT
+REASONS = ("lookup", "normalisation", "overflow", "user")
+BACKENDS = ("auto", "autocast", "onnxconverter")
+# Its [onnx] extra would pull onnxruntime-gpu, cupy and an older onnx pin: these are all AutoCast imports.
+AUTOCAST_PACKAGES = "pip install --no-deps nvidia-modelopt==0.47.0 onnx-graphsurgeon nvidia-ml-py lief"
+
+NORM_OPS = {"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+            "MeanVarianceNormalization", "LpNormalization", "RMSNormalization"}
+# Ops on the path from the quantizer input z to ArgMin: reshapes, the squared norm, the codebook product, sums.
+LOOKUP_PATH_OPS = {"Add", "Sub", "Mul", "Neg", "Pow", "ReduceSum", "ReduceSumSquare", "MatMul", "Gemm",
+                   "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+INDEX_PASS_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"}
+STAT_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
+# Scalar-per-channel arithmetic after a reduction: unbiased correction, + eps, sqrt.
+STAT_FORWARD_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Max", "Cast"}
+
+
+class PrecisionError(RuntimeError):
+    """A conversion that cannot be done (input, output, options), with the reason."""
+
+
+@dataclass
+class GraphIndex:
+    """Nodes, producers, consumers and element types of one graph's tensors (types from shape inference)."""
+
+    model: onnx.ModelProto
+    nodes: list[onnx.NodeProto]
+    by_name: dict[str, onnx.NodeProto]
+    producer: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
+    elem_type: dict[str, int]
+    constants: set[str]
+
+    def is_float(self, name: str) -> bool:
+        return self.elem_type.get(name) == FLOAT
+
+    def float_inputs(self, node) -> list[str]:
+        """Non-constant FP32 inputs: the activations a node reads."""
+        return [i for i in node.input if self.is_float(i) and i not in self.constants]
+
+    def computes_float(self, node) -> bool:
+        return any(self.is_float(o) for o in node.output)
+
+    def has_precision(self, node) -> bool:
+        """Float arithmetic, or an ArgMin/ArgMax comparing floats; shape arithmetic has no precision to set."""
+        return self.computes_float(node) or node.op_type in ("ArgMin", "ArgMax")
+
+    @property
+    def activations(self) -> list[str]:
+        """FP32 tensors computed by nodes: what calibration measures."""
+        return [t for n in self.nodes for t in n.output if self.is_float(t) and t not in self.constants]
+
+
+def index_graph(model: onnx.ModelProto) -> GraphIndex:
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem_type = {v.name: v.type.tensor_type.elem_type for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)}
+    elem_type.update({t.name: t.data_type for t in model.graph.initializer})
+    constants = {t.name for t in model.graph.initializer}
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            elem_type.update((node.output[0], a.t.data_type) for a in node.attribute if a.name == "value")
+    return GraphIndex(model, nodes, {n.name: n for n in nodes}, producer, consumers, elem_type, constants)
+
+
+def walk_up(ix: GraphIndex, tensors, accept) -> set[str]:
+    """Names of the producers reached from ``tensors`` through nodes for which ``accept(node)`` holds."""
+    found, stack = set(), list(tensors)
+    while stack:
+        node = ix.producer.get(stack.pop())
+        if node is not None and node.name not in found and accept(node):
+            found.add(node.name)
+            stack.extend(i for i in node.input if i not in ix.constants)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ rules
+
+
+def lookup_nodes(ix: GraphIndex) -> set[str]:
+    """ArgMin/ArgMax, the distance subgraph feeding it (back to the quantizer input z) and the codebook Gather."""
+    keep: set[str] = set()
+    for arg in (n for n in ix.nodes if n.op_type in ("ArgMin", "ArgMax")):
+        keep |= {arg.name} | walk_up(ix, arg.input[:1], lambda n: n.op_type in LOOKUP_PATH_OPS)
+        keep |= codebook_gathers(ix, arg.output[0])
+    return keep
+
+
+def codebook_gathers(ix: GraphIndex, index: str) -> set[str]:
+    """Gathers of a constant float table by ``index`` (possibly reshaped): the quantized codebook rows."""
+    found, stack = set(), [index]
+    while stack:
+        for node in ix.consumers.get(stack.pop(), []):
+            if node.op_type in INDEX_PASS_OPS:
+                stack.extend(node.output)
+            elif node.op_type == "Gather" and node.input[0] in ix.constants and ix.is_float(node.input[0]):
+                found.add(node.name)
+    return found
+
+
+def normalisation_nodes(ix: GraphIndex, exclude: set[str]) -> set[str]:
+    """Normalisation ops plus the statistics chains written out as ops (the IFT mean/std).
+
+    A chain is a float reduction, the centred square it reduces (Sub(x, mean) then Mul/Pow), and the arithmetic
+    after it that mixes only statistics and shape-derived counts (N/(N-1), + eps, Sqrt). The count N grows with
+    the image (about 130k at 1080p), past FP16's 65504, so its Cast and arithmetic stay FP32 too.
+    """
+    reductions = {n.name for n in ix.nodes if n.op_type in STAT_REDUCTIONS and n.name not in exclude and ix.computes_float(n)}
+    made_by = lambda t, names: t in ix.producer and ix.producer[t].name in names
+    stats = set(reductions)
+    for red in reductions:
+        square = ix.producer.get(ix.by_name[red].input[0])
+        if square is not None and (square.op_type == "Pow" or square.op_type == "Mul" and square.input[0] == square.input[1]):
+            stats.add(square.name)
+            centre = ix.producer.get(square.input[0])
+            if centre is not None and centre.op_type == "Sub" and any(made_by(i, reductions) for i in centre.input):
+                stats.add(centre.name)
+    counts = shape_derived_floats(ix)
+    for node in ix.nodes:  # graph order is topological: one forward pass
+        inputs = ix.float_inputs(node)
+        if node.op_type in STAT_FORWARD_OPS and any(made_by(i, stats) for i in inputs) and all(
+                made_by(i, stats) or i in counts for i in inputs):
+            stats.add(node.name)
+    stats |= walk_up(ix, [i for n in stats for i in ix.by_name[n].input if i in counts],
+                     lambda n: any(o in counts for o in n.output))
+    return stats | {n.name for n in ix.nodes if n.op_type in NORM_OPS}
+
+
+def shape_derived_floats(ix: GraphIndex) -> set[str]:
+    """Float tensors computed only from tensor shapes (Cast of an integer, then arithmetic with constants)."""
+    derived: set[str] = set()
+    for node in (n for n in ix.nodes if ix.computes_float(n)):
+        ins = [i for i in node.input if i and i not in ix.constants]
+        from_int = node.op_type == "Cast" and ins and ix.elem_type.get(ins[0], FLOAT) not in (FLOAT, 0)
+        if from_int or (ins and node.op_type in STAT_FORWARD_OPS and all(i in derived for i in ins)):
+            derived.update(o for o in node.output if ix.is_float(o))
+    return derived
+
+
+def overflow_nodes(ix: GraphIndex, absmax: dict[str, float], data_max: float) -> dict[str, float]:
+    """Float-computing nodes whose inputs or outputs reached |x| > data_max, or with initializers beyond FP16."""
+    too_big = {t.name for t in ix.model.graph.initializer
+               if t.data_type == FLOAT and np.abs(onnx.numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX}
+    found = {}
+    for node in (n for n in ix.nodes if n.op_type != "Constant" and ix.computes_float(n)):
+        peak = max([absmax.get(t, 0.0) for t in (*node.input, *node.output)] + [np.inf for i in node.input if i in too_big])
+        if not peak <= data_max:  # also NaN
+            found[node.name] = peak
+    return found
+
+
+def user_nodes(ix: GraphIndex, tokens: list[str]) -> set[str]:
+    """Nodes named by --keep-fp32: op types (exact) or node names (exact or shell-style pattern)."""
+    keep = set()
+    for token in tokens:
+        hits = {n.name for n in ix.nodes if n.op_type == token or fnmatch.fnmatchcase(n.name, token)}
+        if not hits:
+            ops = sorted({n.op_type for n in ix.nodes})
+            raise PrecisionError(f"--keep-fp32 {token!r} matches no op type or node name in the graph; op types: {', '.join(ops)}")
+        keep |= hits
+    return keep
+
+
+def classify(ix: GraphIndex, absmax: dict[str, float], data_max: float, user: set[str] = frozenset()) -> dict[str, list[str]]:
+    """node name -> the reasons it stays FP32 (in REASONS order); ``user``: names from user_nodes."""
+    lookup = lookup_nodes(ix)
+    rules = {"lookup": lookup, "normalisation": normalisation_nodes(ix, exclude=lookup),
+             "overflow": set(overflow_nodes(ix, absmax, data_max)), "user": set(user)}
+    reasons = {n.name: [r for r in REASONS if n.name in rules[r]] for n in ix.nodes if ix.has_precision(n)}
+    return {name: why for name, why in reasons.items() if why}
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def pick_backend(backend: str) -> str:
+    """AutoCast when asked for or, with 'auto', when nvidia-modelopt imports; else onnxconverter-common."""
+    if backend == "onnxconverter":
+        return backend
+    try:
+        import modelopt.onnx.autocast  # noqa: F401  (optional, see AUTOCAST_PACKAGES)
+    except Exception as e:
+        if backend == "autocast":
+            raise PrecisionError(f"--backend autocast needs {AUTOCAST_PACKAGES} ({type(e).__name__}: {e})") from e
+        return "onnxconverter"
+    return "autocast"
+
+
+def convert(src: Path, model: onnx.ModelProto, fp32_nodes: set[str], backend: str, plain: bool = False) -> onnx.ModelProto:
+    """FP16 graph with ``fp32_nodes`` kept, FP32 I/O. ``plain``: the library's own all-FP16 conversion."""
+    try:
+        if backend == "autocast":
+            from modelopt.onnx.autocast import convert_to_mixed_precision
+            from modelopt.onnx.autocast.logging_config import configure_logging
+
+            configure_logging("ERROR")  # it logs every node at INFO; the report says what matters
+            # data_max=inf: calibration is done here (AutoCast's reference run holds every activation in memory).
+            converted = convert_to_mixed_precision(
+                onnx_path=str(src), low_precision_type="fp16", keep_io_types=True, data_max=np.inf,
+                init_max=None if plain else FP16_MAX, nodes_to_exclude=[f"^{re.escape(n)}$" for n in sorted(fp32_nodes)])
+        else:
+            from onnxconverter_common import float16
+
+            options = {} if plain else {"node_block_list": sorted(fp32_nodes), "max_finite_val": FP16_MAX, "min_positive_val": 6e-8}
+            source = copy.deepcopy(model) if plain else unshare_initializers(model, fp32_nodes)
+            with warnings.catch_warnings():  # one warning per clamped tiny weight
+                warnings.simplefilter("ignore")
+                converted = float16.convert_float_to_float16(source, keep_io_types=True, **options)
+    except Exception as e:
+        raise PrecisionError(f"the {backend} conversion failed: {type(e).__name__}: {str(e)[:400]}") from e
+    # Converters leave stale intermediate shapes, which make ONNX Runtime warn about buffer reuse: infer afresh.
+    del converted.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(converted)
+
+
+def unshare_initializers(model: onnx.ModelProto, fp32_nodes: set[str]) -> onnx.ModelProto:
+    """A copy in which FP32-kept nodes read their own copy of any float initializer that FP16 nodes also read.
+
+    onnxconverter-common converts a shared initializer once, for all readers, and then an FP32 node gets an
+    FP16 constant (ONNX Runtime: "Type parameter (T) ... bound to different types"). AutoCast does this itself.
+    """
+    model = copy.deepcopy(model)
+    inits = {t.name: t for t in model.graph.initializer if t.data_type == FLOAT}
+    readers: dict[str, set[bool]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, set()).add(node.name in fp32_nodes)
+    shared = {name for name in inits if readers.get(name) == {True, False}}
+    for name in shared:
+        twin = model.graph.initializer.add()
+        twin.CopyFrom(inits[name])
+        twin.name = f"{name}__fp32"
+    for node in (n for n in model.graph.node if n.name in fp32_nodes):
+        node.input[:] = [f"{i}__fp32" if i in shared else i for i in node.input]
+    return model
+
+
+def node_precision(model: onnx.ModelProto) -> dict[str, str]:
+    """node name -> 'fp16' if it touches an FP16 tensor, else 'fp32' for float nodes, else 'int'."""
+    ix = index_graph(model)
+    types = {n.name: {ix.elem_type.get(t) for t in (*n.output, *n.input) if t} for n in ix.nodes}
+    return {name: "fp16" if TensorProto.FLOAT16 in t else "fp32" if FLOAT in t else "int" for name, t in types.items()}
+
+
+def io_signature(model: onnx.ModelProto) -> list[tuple[str, str, int]]:
+    graph = model.graph
+    return [(kind, v.name, v.type.tensor_type.elem_type) for kind, vs in (("input", graph.input), ("output", graph.output)) for v in vs]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def build_report(*, ix: GraphIndex, reasons: dict[str, list[str]], absmax: dict[str, float], precision: dict[str, str],
+                 **facts) -> dict:
+    """What stayed FP32 and why (with the calibrated max of each node's I/O), counts by reason and op type."""
+    by_name = ix.by_name
+    peak = lambda node: max((absmax.get(t, 0.0) for t in (*node.input, *node.output)), default=0.0)
+    kept = [{"name": n, "op_type": by_name[n].op_type, "reasons": r, "calibrated_absmax": peak(by_name[n])}
+            for n, r in reasons.items()]
+    float_nodes = [n for n in ix.nodes if ix.has_precision(n)]
+    count = lambda nodes: dict(Counter(n.op_type for n in nodes).most_common())
+    return {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in facts.items()},
+        "nodes": len(ix.nodes), "float_nodes": len(float_nodes),
+        "fp32_nodes": kept,
+        "fp32_by_reason": {r: count(by_name[k["name"]] for k in kept if r in k["reasons"]) for r in REASONS},
+        "fp32_by_converter": [n.name for n in float_nodes if precision.get(n.name) == "fp32" and n.name not in reasons],
+        "not_fp32_as_asked": [n for n in reasons if precision.get(n) == "fp16"],
+        # Headroom: the largest calibrated |x| left in FP16 (FP16 overflows at 65504; its step is 0.5 at 512).
+        "fp16_peak": max(([peak(n), n.name] for n in float_nodes if precision.get(n.name) == "fp16"), default=None),
+        "fp16_by_op_type": count(n for n in float_nodes if precision.get(n.name) == "fp16"),
+        "fp32_by_op_type": count(n for n in float_nodes if precision.get(n.name) == "fp32"),
+    }
+
+
+def markdown(r: dict) -> str:
+    fp16, fp32 = r["fp16_by_op_type"], r["fp32_by_op_type"]
+    lines = [
+        f"# FP16 conversion of {Path(r['src']).name}", "",
+        f"- output: `{r['out']}` (backend {r['backend']}{', plain: no FP32 islands' if r['plain'] else ''})",
+        f"- calibration: {r['calibration']}, max side {r['calib_size']}, data_max {r['data_max']:g}; "
+        f"largest |x| left in FP16: {r['fp16_peak'][0]:.4g} at {r['fp16_peak'][1]}" if r["fp16_peak"] else "",
+        (f"- float nodes: {r['float_nodes']} of {r['nodes']}; FP16 {sum(fp16.values())}, FP32 {sum(fp32.values())} "
+         f"({len(r['fp32_nodes'])} by the rules below, {len(r['fp32_by_converter'])} by the converter)"),
+        "- check on one calibration image vs FP32: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in r["smoke"].items()),
+        "", "| reason | nodes | by op type |", "|---|---|---|",
+        *(f"| {k} | {sum(v.values())} | {', '.join(f'{op} {n}' for op, n in v.items())} |" for k, v in r["fp32_by_reason"].items()),
+        "", "FP16 nodes by op type: " + ", ".join(f"{op} {n}" for op, n in fp16.items()),
+        "", "FP32 nodes by op type: " + ", ".join(f"{op} {n}" for op, n in fp32.items()),
+    ]
+    if r["not_fp32_as_asked"]:
+        lines += ["", f"**Warning**: {len(r['not_fp32_as_asked'])} nodes meant to stay FP32 run in FP16: {r['not_fp32_as_asked'][:10]}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, path: Path, log=print) -> None:
+    """JSON at ``path``, the Markdown summary beside it (.md), and the summary printed."""
+    path = Path(path).with_suffix(".json") if Path(path).suffix == ".md" else Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    text = markdown(report)
+    path.with_suffix(".md").write_text(text)
+    log(text + f"\nreport: {path} (+ {path.with_suffix('.md').name})")
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MAX, backend="auto", plain=False,
+                 calib_count=6, calib_size=256, threads=2, overwrite=False, report=None, log=print) -> dict:
+    """Convert ``src`` to ``out`` (atomically) and write the report; returns the report dict.
+
+    Raises PrecisionError for bad inputs or options, and when the result does not run in ONNX Runtime.
+    """
+    src, out = Path(src), Path(out).absolute()
+    check_paths(src, out, calib, overwrite)
+    backend = pick_backend(backend)
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise PrecisionError(f"{src} is not a readable ONNX model ({type(e).__name__}: {e})") from e
+    ix = index_graph(model)
+    user = user_nodes(ix, list(keep_fp32))  # before minutes of calibration: a typo fails now
+    # plain: no rules to calibrate; one image still gives the check its FP32 reference.
+    images, source = fidelity.calibration_images(calib, 1 if plain else calib_count, calib_size)
+    log(f"calibrating on {source} (max side {calib_size}) ...")
+    absmax, reference = fidelity.activation_ranges(model, ix.activations, images, threads)
+    reasons = {} if plain else classify(ix, absmax, data_max, user)
+    log(f"converting with {backend}: {len(reasons)} nodes stay FP32 ...")
+    converted = convert(src, model, set(reasons), backend, plain)
+    if io_signature(converted) != io_signature(model):
+        raise PrecisionError(f"the converter changed the graph I/O: {io_signature(converted)} vs {io_signature(model)}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        onnx.save(converted, tmp)
+        check = run_check(tmp, images[0], reference, threads, plain)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    result = build_report(
+        src=src, out=out, backend=backend, plain=plain, data_max=data_max, calibration=source, calib_size=calib_size,
+        keep_fp32=list(keep_fp32), ix=ix, reasons=reasons, absmax=absmax, precision=node_precision(converted), smoke=check,
+    )
+    write_report(result, Path(report or out.with_suffix(".precision.json")), log)
+    return result
+
+
+def run_check(path: str, image: np.ndarray, reference: list[np.ndarray], threads: int, plain: bool) -> dict:
+    """Compare with FP32 on one calibration image. A graph ONNX Runtime cannot run is an error, except with
+    --plain, whose output exists only for comparison: there the failure is the finding, kept in the report."""
+    try:
+        return fidelity.compare_on_image(path, image, reference, threads)
+    except Exception as e:
+        message = f"ONNX Runtime cannot run the converted graph: {str(e).splitlines()[0][:400]}"
+        if not plain:
+            raise PrecisionError(message) from e
+        return {"error": message}
+
+
+def check_paths(src: Path, out: Path, calib, overwrite: bool) -> None:
+    problem = (
+        f"input model not found: {src}" if not src.exists() else f"{src} is not a file" if not src.is_file()
+        else f"--out {out} is a directory; name a file" if out.is_dir()
+        else f"{out} exists; pass --overwrite to replace it" if out.exists() and not overwrite
+        else "--out must differ from the input model" if out.resolve() == src.resolve() else None
+    )
+    if problem:
+        raise PrecisionError(problem)
+    if calib is not None:
+        try:
+            fidelity.list_images(calib)
+        except (OSError, ValueError) as e:
+            raise PrecisionError(f"--calib: {e}") from e
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m export.precision", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("model", type=Path, help="FP32 ONNX graph from python -m export.onnx")
+    add("--out", type=Path, required=True, help="the FP16 .onnx to write")
+    add("--calib", type=Path, help="folder of calibration images (default: synthetic low-light images)")
+    add("--calib-count", type=int, default=6, help="calibration images to use (default 6)")
+    add("--calib-size", type=int, default=256, help="longer side of the calibration images (default 256)")
+    add("--keep-fp32", action="append", default=[], metavar="OPS/NODES",
+        help="op types or node names (shell patterns allowed) to keep in FP32; comma-separated, repeatable")
+    add("--data-max", type=float, default=DEFAULT_DATA_MAX, help=f"FP32 above this calibrated |x| (default {DEFAULT_DATA_MAX:g})")
+    add("--backend", choices=BACKENDS, default="auto", help="auto: ModelOpt AutoCast if installed, else onnxconverter-common")
+    add("--plain", action="store_true", help="no FP32 islands: the converter's own all-FP16 result, for comparison")
+    add("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    add("--overwrite", action="store_true", help="replace an existing --out file")
+    add("--report", type=Path, help="report JSON (a .md summary goes beside it); default OUT.precision.json")
+    args = p.parse_args(argv)
+    args.keep_fp32 = [t.strip() for item in args.keep_fp32 for t in item.split(",") if t.strip()]
+    if args.calib_count < 1 or args.calib_size < 32 or args.data_max <= 0:
+        p.error("--calib-count must be >= 1, --calib-size >= 32 and --data-max > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        convert_file(a.model, a.out, calib=a.calib, keep_fp32=a.keep_fp32, data_max=a.data_max, backend=a.backend,
+                     plain=a.plain, calib_count=a.calib_count, calib_size=a.calib_size, threads=a.threads,
+                     overwrite=a.overwrite, report=a.report)
+    except PrecisionError as e:
+        print(f"error: {e}; nothing was written", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

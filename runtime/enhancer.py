@@ -1,0 +1,275 @@
+"""Image-level enhancement over any backend: dtype, gray and alpha handling, batching of same-size images, tiling.
+
+Backends see only float32 RGB batches [N,3,H,W] in [0,1]; everything about real images is done here, once.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Backend
+
+BACKENDS = {
+    "torch": ("runtime.torch_backend", "TorchBackend"),
+    "onnxruntime": ("runtime.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("runtime.tensorrt_backend", "TensorRTBackend"),
+}
+EXTENSIONS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime",
+              ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt"}
+
+# Tile overlap, from benchmarks/tiling.py on the golden checkpoint: 0 -> 32 px gains ~1.9 dB against the
+# whole-image result, 32 -> 48 or 64 px under 0.05 dB; the tile size matters far more.
+DEFAULT_OVERLAP = 32
+# Pixels per backend call (batch x H x W) above which images are tiled and batches split: the official model
+# needs about 1.6 KB of host memory per padded pixel in eager fp32, so ~3.3 GB at this budget (a 1080p frame).
+DEFAULT_MAX_PIXELS = 1920 * 1088
+
+# ITU-R BT.601 luma, the weights of OpenCV's RGB2GRAY, to return gray images for gray inputs.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
+
+
+def backend_for(model_path: str | os.PathLike, backend: str | None = None) -> str:
+    """The backend name: ``backend`` when given, else from the model file's extension."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        return backend
+    suffix = Path(model_path).suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise ValueError(f"cannot tell the backend from the extension of {model_path} ({suffix or 'none'}); "
+                         f"known: {', '.join(sorted(EXTENSIONS))}; or pass backend= one of {sorted(BACKENDS)}")
+    return EXTENSIONS[suffix]
+
+
+def create_backend(model_path, backend: str | None = None, **options) -> Backend:
+    """Instantiate (not load) the backend for ``model_path``; its module is imported only now."""
+    module, cls = BACKENDS[backend_for(model_path, backend)]
+    return getattr(importlib.import_module(module), cls)(model_path, **options)
+
+
+@dataclass
+class Layout:
+    """What is needed to give the model's RGB output the caller's form back."""
+
+    dtype: np.dtype
+    shape: tuple  # the input's shape: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+    bgr: bool
+    alpha: np.ndarray | None = None
+
+
+def to_model_input(image: np.ndarray, channel_order: str = "bgr") -> tuple[np.ndarray, Layout]:
+    """An HxW, HxWx1, HxWx3 or HxWx4 image (uint8, uint16 or float32 in [0,1]) -> float32 RGB [3,H,W] in [0,1]."""
+    image = np.asarray(image)
+    if image.dtype not in SCALES:
+        raise TypeError(f"image dtype must be uint8, uint16 or float32 in [0,1], got {image.dtype}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image must be HxW (gray), HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    layout = Layout(image.dtype, image.shape, channel_order == "bgr")
+    if image.ndim == 3 and image.shape[2] == 4:
+        layout.alpha = image[..., 3].copy()
+    if image.ndim == 2 or image.shape[2] == 1:
+        color = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    else:
+        color = image[..., :3][..., ::-1] if layout.bgr else image[..., :3]
+    rgb = color.transpose(2, 0, 1).astype(np.float32)
+    if SCALES[image.dtype] != 1.0:
+        rgb /= np.float32(SCALES[image.dtype])
+    return np.ascontiguousarray(rgb), layout
+
+
+def from_model_output(rgb: np.ndarray, layout: Layout) -> np.ndarray:
+    """float32 RGB [3,H,W] in [0,1] -> an image of the input's dtype, channels and channel order."""
+    pixels = rgb.transpose(1, 2, 0)
+    if len(layout.shape) == 2 or layout.shape[2] == 1:
+        pixels = (pixels @ LUMA).reshape(layout.shape[:2] + layout.shape[2:])
+    elif layout.bgr:
+        pixels = pixels[..., ::-1]
+    scale = SCALES[layout.dtype]
+    if scale != 1.0:  # the same rounding as the original's saving: clamp, scale, round half to even
+        pixels = np.rint(np.clip(pixels, 0, 1) * np.float32(scale))
+    out = pixels.astype(layout.dtype)
+    if layout.alpha is not None:
+        out = np.dstack([out, layout.alpha])
+    return np.ascontiguousarray(out)
+
+
+def pad_friendly(limit: int) -> int:
+    """The largest tile size <= ``limit`` of the form 32k-1: the model pads every side to the next multiple of
+    32 and always adds at least one row, so a 1023 tile runs at 1024 while a 1024 tile would run at 1056."""
+    return limit if limit < 63 else (limit + 1) // 32 * 32 - 1
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of size ``tile`` covering ``length``, overlapping by at least ``overlap``; the last tile
+    is moved back to end at the border, so every tile has the full size (and tiles batch together)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def feather(length: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """1-D blend weights of one tile: linear ramps over ``overlap`` pixels on sides shared with a neighbour.
+    Never zero (the half-pixel offset), so every pixel's weights sum to a positive number."""
+    weight = np.ones(length, dtype=np.float32)
+    ramp = (np.arange(min(overlap, length), dtype=np.float32) + 0.5) / max(overlap, 1)
+    if not first:
+        weight[: ramp.size] = np.minimum(weight[: ramp.size], ramp)
+    if not last:
+        weight[length - ramp.size:] = np.minimum(weight[length - ramp.size:], ramp[::-1])
+    return weight
+
+
+@dataclass
+class Patch:
+    """A whole image or one of its tiles, with its place in the image and its blend weights."""
+
+    image: int
+    y: int
+    x: int
+    h: int
+    w: int
+    weight: np.ndarray | None = None  # [h, w] blend weights; None for a whole image
+
+
+def plan_patches(index: int, h: int, w: int, tile: tuple[int, int] | None, overlap: int) -> list[Patch]:
+    if tile is None or (h <= tile[0] and w <= tile[1]):
+        return [Patch(index, 0, 0, h, w)]
+    th, tw = min(tile[0], h), min(tile[1], w)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    return [
+        Patch(index, y, x, th, tw, np.outer(feather(th, overlap, i == 0, i == len(ys) - 1),
+                                            feather(tw, overlap, j == 0, j == len(xs) - 1)))
+        for i, y in enumerate(ys) for j, x in enumerate(xs)
+    ]
+
+
+def per_image(value, count: int, name: str) -> np.ndarray:
+    values = np.asarray(value, dtype=np.float32)
+    if values.ndim == 0:
+        return np.full(count, values, dtype=np.float32)
+    if values.shape != (count,):
+        raise ValueError(f"{name} must be a float or one value per image ({count}), got shape {values.shape}")
+    return values
+
+
+class Enhancer:
+    """Enhance images with one model file through torch (.pth/.pt), ONNX Runtime (.onnx) or TensorRT
+    (.plan/.engine/.trt), or the backend named by ``backend`` (a name, or a Backend object to use as is).
+
+    ``batch``: images (or tiles) of equal size per backend call. ``tile``: None tiles only images beyond the
+    backend's largest shape or ``max_pixels`` (``batch`` x H x W per call), with the largest tiles within both;
+    an int tiles every image larger than that; 0 never tiles. Tiles overlap by ``overlap`` pixels and are
+    blended with linear ramps. The model's IFT statistics are global over the image, so a tiled result only
+    approximates the whole-image one, the better the larger the tiles (benchmarks/tiling.py).
+    ``channel_order``: "bgr" (OpenCV) or "rgb" for color inputs. Other keywords go to the backend.
+    """
+
+    def __init__(self, model_path=None, backend: str | Backend | None = None, *, batch: int = 1,
+                 tile: int | None = None, overlap: int = DEFAULT_OVERLAP, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 channel_order: str = "bgr", **backend_options):
+        if channel_order not in ("bgr", "rgb"):
+            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+        if batch < 1 or max_pixels < 1 or overlap < 0 or (tile is not None and tile < 0):
+            raise ValueError("batch and max_pixels must be >= 1, overlap and tile >= 0")
+        if tile and overlap * 2 >= tile:
+            raise ValueError(f"overlap ({overlap}) must be less than half the tile ({tile})")
+        if backend is not None and not isinstance(backend, str):
+            self.backend = backend
+        else:
+            self.backend = create_backend(model_path, backend, **backend_options)
+        self.batch, self.tile, self.overlap, self.max_pixels = batch, tile, overlap, max_pixels
+        self.channel_order = channel_order
+        self.backend.load()
+        self.info = self.backend.describe()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def tile_for(self, h: int, w: int) -> tuple[int, int] | None:
+        """Tile size for an HxW image, or None to run it whole."""
+        if self.tile == 0:
+            return None
+        max_h, max_w = self.info.max_hw or (1 << 30, 1 << 30)  # (tiles are cut to the image in plan_patches)
+        if self.tile is None:
+            if h <= max_h and w <= max_w and h * w <= self.max_pixels:
+                return None
+            # The largest tiles allowed: each sees more of the image, so its IFT statistics are closer to the
+            # whole image's (benchmarks/tiling.py), and there are fewer tiles to run.
+            side = math.isqrt(self.max_pixels)
+            tile = (pad_friendly(min(side, max_h)), pad_friendly(min(side, max_w)))
+        else:
+            tile = (self.tile, self.tile)
+        # Within the backend's shape range (a fixed-shape engine has min == max).
+        return (max(min(tile[0], max_h), self.info.min_hw[0]), max(min(tile[1], max_w), self.info.min_hw[1]))
+
+    def plan(self, index: int, h: int, w: int) -> list[Patch]:
+        tile = self.tile_for(h, w)
+        # An automatic tile may be small (tight limits or budget): keep the overlap below half of it.
+        overlap = min(self.overlap, (min(tile) - 1) // 2) if tile else 0
+        return plan_patches(index, h, w, tile, overlap)
+
+    def enhance(self, image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0) -> np.ndarray:
+        """One image -> the enhanced image, of the same shape and dtype (gray stays gray, alpha is kept)."""
+        return self.enhance_batch([image], w_texture, w_style)[0]
+
+    def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0) -> list[np.ndarray]:
+        """Several images (any sizes); weights are floats or one per image. Same-size images and tiles are run
+        together, ``batch`` at a time."""
+        w_texture = per_image(w_texture, len(images), "w_texture")
+        w_style = per_image(w_style, len(images), "w_style")
+        converted = [to_model_input(image, self.channel_order) for image in images]
+        inputs = [x for x, _ in converted]
+        patches = [p for i, x in enumerate(inputs) for p in self.plan(i, *x.shape[1:])]
+        outputs: list[np.ndarray | None] = [None] * len(inputs)
+        blends = {}  # image -> (weighted sum [3,H,W], weight sum [H,W]) of its tiles
+        for patch, out in self._infer_patches(inputs, patches, w_texture, w_style):
+            if patch.weight is None:
+                outputs[patch.image] = out
+                continue
+            total, weight = blends.setdefault(patch.image, (np.zeros_like(inputs[patch.image]),
+                                                            np.zeros(inputs[patch.image].shape[1:], np.float32)))
+            rows, cols = slice(patch.y, patch.y + patch.h), slice(patch.x, patch.x + patch.w)
+            total[:, rows, cols] += out * patch.weight
+            weight[rows, cols] += patch.weight
+        for i, (total, weight) in blends.items():
+            outputs[i] = total / weight
+        return [from_model_output(out, layout) for out, (_, layout) in zip(outputs, converted)]
+
+    def _infer_patches(self, inputs, patches, w_texture, w_style):
+        """Run the patches grouped by size, ``batch`` at a time within the pixel budget; yields (patch, output)."""
+        by_size = defaultdict(list)
+        for patch in patches:
+            by_size[patch.h, patch.w].append(patch)
+        for (h, w), group in by_size.items():
+            per_call = max(1, min(self.batch, self.info.max_batch or self.batch, self.max_pixels // (h * w)))
+            for start in range(0, len(group), per_call):
+                chunk = group[start:start + per_call]
+                batch = np.stack([inputs[p.image][:, p.y:p.y + p.h, p.x:p.x + p.w] for p in chunk])
+                index = [p.image for p in chunk]
+                yield from zip(chunk, self._run(batch, w_texture[index], w_style[index]))
+
+    def _run(self, batch: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> np.ndarray:
+        """Backend call; inputs below the backend's smallest shape are mirror-padded to it and cropped back."""
+        h, w = batch.shape[2:]
+        min_h, min_w = self.info.min_hw
+        if h < min_h or w < min_w:
+            padded = np.pad(batch, ((0, 0), (0, 0), (0, max(min_h - h, 0)), (0, max(min_w - w, 0))), mode="symmetric")
+            return self.backend.infer(np.ascontiguousarray(padded), w_texture, w_style).enhanced[:, :, :h, :w]
+        return self.backend.infer(batch, w_texture, w_style).enhanced

@@ -1,0 +1,132 @@
+"""ONNX Runtime backend: runs the exported graph (inputs image/w_texture/w_style, outputs enhanced[/codes])."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .backend import BackendBase, BackendError, BackendInfo, InferResult
+
+# Short names accepted for the execution providers, and the order "auto" tries them in.
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+INPUT_NAMES = ("image", "w_texture", "w_style")
+# ONNX Runtime's type strings for the tensor types the graph may declare at its inputs and outputs.
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+def resolve_providers(requested: str | list | tuple | None, available: list[str]) -> list[str]:
+    """The user's choice -> full provider names; None means CPU only, "auto" the available ones, best first.
+
+    Asking for a provider this onnxruntime build lacks is an error rather than a silent fall back to CPU.
+    """
+    if requested is None:
+        return ["CPUExecutionProvider"]
+    if requested == "auto":
+        return [p for p in AUTO_ORDER if p in available]
+    if isinstance(requested, str):
+        requested = requested.split(",")
+    names = [PROVIDER_NAMES.get(p.strip().lower(), p.strip()) for p in requested]
+    missing = [p for p in names if p not in available]
+    if missing:
+        raise BackendError(
+            f"onnxruntime: provider(s) {', '.join(missing)} not available in this onnxruntime build "
+            f"(available: {', '.join(available)}). For CUDA/TensorRT install the GPU build: "
+            f'pip uninstall onnxruntime && pip install "codeenhance-deploy[gpu]"'
+        )
+    return names
+
+
+def dim_limit(dim) -> int | None:
+    """A static dimension of the graph's input, or None where it is symbolic (dynamic)."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+class OnnxRuntimeBackend(BackendBase):
+    """``providers``: None (CPU), "auto" (TensorRT > CUDA > CPU, those available), a comma list or a list of
+    names ("cpu", "cuda", "tensorrt" or full ORT names). ``provider_options``: {provider name: {option: value}},
+    e.g. {"tensorrt": {"trt_fp16_enable": True, "trt_engine_cache_enable": True}}.
+    ``threads``/``inter_op_threads``: ORT's intra-op and inter-op thread pools (0 or None: ORT's default).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike, *, providers=None, provider_options: dict | None = None,
+                 threads: int | None = None, inter_op_threads: int | None = None):
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.requested_providers = providers
+        self.provider_options = {PROVIDER_NAMES.get(k.lower(), k): v for k, v in (provider_options or {}).items()}
+        self.threads = threads
+        self.inter_op_threads = inter_op_threads
+        self.session = None
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        if not self.model_path.is_file():
+            raise BackendError(f"onnxruntime: model not found: {self.model_path}")
+        providers = resolve_providers(self.requested_providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or 0
+        options.inter_op_num_threads = self.inter_op_threads or 0
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=providers,
+                provider_options=[self.provider_options.get(p, {}) for p in providers],
+            )
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types, all with the useful text
+            raise BackendError(f"onnxruntime: cannot load {self.model_path}: {e}") from e
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(INPUT_NAMES) - set(self.inputs) or "enhanced" not in outputs:
+            raise BackendError(
+                f"onnxruntime: {self.model_path} does not follow the CodeEnhance graph contract: expected inputs "
+                f"{list(INPUT_NAMES)} and an output 'enhanced', found inputs {list(self.inputs)}, outputs {outputs}; "
+                "export it with python -m export.onnx"
+            )
+        self.output_names = ["enhanced"] + (["codes"] if "codes" in outputs else [])
+
+    def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        feed = {}
+        for name, value in zip(INPUT_NAMES, (images, w_texture, w_style)):
+            feed[name] = value.astype(ORT_TYPES.get(self.inputs[name].type, np.float32), copy=False)
+        results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        return InferResult(enhanced=results["enhanced"].astype(np.float32, copy=False), codes=results.get("codes"))
+
+    def _describe(self) -> BackendInfo:
+        n, _, h, w = self.inputs["image"].shape
+        static_hw = (dim_limit(h), dim_limit(w))
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        image_type = self.inputs["image"].type
+        return BackendInfo(
+            name=self.name,
+            device=self.session.get_providers()[0],
+            precision=metadata.get("precision", "fp16" if image_type == "tensor(float16)" else "fp32"),
+            # A static H or W in the graph is both its minimum and its maximum.
+            min_hw=(static_hw[0] or 1, static_hw[1] or 1),
+            max_hw=None if static_hw == (None, None) else (static_hw[0] or 1 << 30, static_hw[1] or 1 << 30),
+            max_batch=dim_limit(n),
+            extra={
+                "model": str(self.model_path),
+                "providers": self.session.get_providers(),
+                "input_shape": list(self.inputs["image"].shape),
+                "outputs": list(self.output_names),
+                "metadata": dict(metadata),
+            },
+        )
+
+    def _close(self) -> None:
+        self.session = None

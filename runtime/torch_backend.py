@@ -1,0 +1,134 @@
+"""The reference backend: the PyTorch CodeEnhance model, on CPU or CUDA, fp32 or fp16 autocast (CUDA only)."""
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from codeenhance import CheckpointError, CodeEnhance, load_model
+
+from .backend import BackendBase, BackendError, BackendInfo, InferResult
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class Float32Island(nn.Module):
+    """Runs the wrapped module with autocast off and float32 inputs.
+
+    Used for the vector quantizer: ||z||^2 + ||e||^2 - 2 z.e cancels badly in fp16 and near-ties flip the argmin,
+    which changes a whole 4x4 patch of the output (notes/prior-art.md, "How the VQ lookup is exported").
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        with torch.autocast(args[0].device.type, enabled=False):
+            return self.inner(*args)
+
+
+class Float32Output(nn.Module):
+    """Casts the wrapped module's output to float32, so that what consumes it runs in fp32.
+
+    Wrapped around IFT's ``encode_enc2``: its output feeds the global mean/variance, which autocast would
+    otherwise compute in fp16 (GroupNorm and LayerNorm already run in fp32 under autocast).
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return self.inner(*args).float()
+
+
+def keep_fp32_islands(model: CodeEnhance) -> CodeEnhance:
+    """Wrap the precision-critical parts of ``model`` in place for mixed-precision inference; returns it."""
+    if not isinstance(model.quantizer, Float32Island):
+        model.quantizer = Float32Island(model.quantizer)
+    for fusion in model.fuse_convs_dict.values():
+        if not isinstance(fusion.encode_enc2, Float32Output):
+            fusion.encode_enc2 = Float32Output(fusion.encode_enc2)
+    return model
+
+
+class TorchBackend(BackendBase):
+    """``model``: a checkpoint path (official format) or a CodeEnhance instance (not modified).
+
+    ``precision="fp16"`` runs under CUDA autocast with the nearest-code search and the IFT statistics in fp32.
+    ``threads`` sets torch's intra-op thread count (a process-wide setting) when given.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: str | os.PathLike | CodeEnhance, *, device: str = "cpu", precision: str = "fp32",
+                 threads: int | None = None):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise BackendError(f"torch: precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise BackendError(f"torch: fp16 autocast needs a CUDA device, got {device!r}; use precision='fp32' on CPU")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError(f"torch: device {device!r} requested but this torch build has no usable CUDA "
+                               f"(torch {torch.__version__}); use device='cpu'")
+        self.source = model
+        self.precision = precision
+        self.threads = threads
+        self.model: CodeEnhance | None = None
+
+    def _load(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if isinstance(self.source, CodeEnhance):
+            model = self.source
+            # Moving or wrapping (fp16 islands) is done on a copy: the caller's model stays as it is.
+            if next(model.parameters()).device != torch.empty(0, device=self.device).device or self.precision == "fp16":
+                model = copy.deepcopy(model).to(self.device)
+            model = model.eval()
+        else:
+            try:
+                model = load_model(self.source, device=self.device)
+            except CheckpointError as e:
+                raise BackendError(f"torch: {e}") from e
+        self.model = keep_fp32_islands(model) if self.precision == "fp16" else model
+
+    def _autocast(self):
+        if self.precision == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        x = torch.from_numpy(images).to(self.device)
+        wt = torch.from_numpy(w_texture).to(self.device)
+        ws = torch.from_numpy(w_style).to(self.device)
+        with torch.inference_mode():
+            with self._autocast():
+                out, codes = self.model(x, wt, ws)
+            # The same clamp as saving in the original test(): float32, then [0,1].
+            out = out.float().clamp_(0, 1)
+        return InferResult(enhanced=out.cpu().numpy(), codes=codes.cpu().numpy())
+
+    def _describe(self) -> BackendInfo:
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device = f"{device} ({torch.cuda.get_device_name(self.device)})"
+        source = "in-memory model" if isinstance(self.source, CodeEnhance) else str(Path(self.source))
+        return BackendInfo(
+            name=self.name,
+            device=device,
+            precision="fp16-mixed" if self.precision == "fp16" else "fp32",
+            extra={"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__},
+        )
+
+    def _close(self) -> None:
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

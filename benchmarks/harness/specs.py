@@ -66,7 +66,9 @@ BACKENDS = {
 
 #: Every other backend is compared with this one, measured in the same run.
 REFERENCE = "torch"
-DEFAULT_BACKENDS = ("torch", "torch-fp16", "onnxruntime", "onnxruntime-fp16", "tensorrt", "onehot")
+# The one-hot baseline is opt-in (--backends ...,onehot): its extra export of the official model costs minutes on a
+# small CPU, and benchmarks/onnx_lookup.py already compares the two lookups.
+DEFAULT_BACKENDS = ("torch", "torch-fp16", "onnxruntime", "onnxruntime-fp16", "tensorrt")
 
 
 def parse_backends(text: str) -> list[str]:

@@ -19,13 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import codeenhance  # noqa: E402
+from benchmarks.harness.specs import parse_size  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "checkpoint.pth"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
 
 
 def main(argv=None) -> int:

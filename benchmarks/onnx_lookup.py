@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import specs
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
 GRAPHS = {"ours": "gather", "one-hot": "onehot"}  # label -> export.onnx lookup
@@ -30,13 +32,11 @@ TIME_TARGET, MEMORY_TARGET = 1.05, 0.97
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """argparse type: the harness's size parser, its error reported as a usage error."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
-    return h, w
+        return specs.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def make_session(path: str | Path, threads: int, arena: bool = True):

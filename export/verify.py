@@ -10,7 +10,6 @@ agree within atol. Raw numbers are always reported.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from codeenhance import CodeEnhance
 
+from .fidelity import psnr
 from .graph import INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, GatherLookup, positions, to_feature_map
 
 DEFAULT_ATOL = 2e-4
@@ -139,11 +139,6 @@ def run_torch_with_codes(model: CodeEnhance, inputs: dict[str, np.ndarray], code
     with quantizer_swapped(model, ForcedLookup(model.quantizer, codes)) as lookup:
         out, _ = run_torch(model, inputs)
     return out, lookup.relative_gaps
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 def compare(ours: np.ndarray, reference: np.ndarray, codes=None, reference_codes=None) -> dict:

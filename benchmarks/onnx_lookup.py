@@ -2,13 +2,16 @@
 (ArgMin, scatter a one-hot matrix, MatMul), as two exports of the same model, in ONNX Runtime on CPU:
 
 - latency at 256x256: best of N runs, the two graphs alternating in one process (so load drift hits both);
-- peak memory at 1024x1024: each graph in a fresh subprocess, peak RSS (VmHWM, or getrusage's ru_maxrss).
+- peak memory at 1024x1024: each graph in a fresh subprocess, peak RSS (VmHWM, or getrusage's ru_maxrss), for
+  the whole model and for the lookup stage alone (each lookup exported by itself, fed the code grid of that image
+  size: [1, 512, 264, 264] for 1024x1024). The whole model's peak is reached in the Swin stage and the decoder, not
+  in the lookup, so there both graphs peak alike; the lookup stage shows what the lookup itself costs.
 
     python -m benchmarks.onnx_lookup [--ckpt PATH] [--latency-size 256x256] [--memory-size 1024x1024]
                                      [--repeats 3] [--threads 2] [--workdir DIR]
 
 Default checkpoint: ../shared/golden/checkpoint.pth when present, else a demo checkpoint written to a temp dir.
-Targets: ours <= 1.05x the one-hot graph's time, <= 0.97x its peak memory. Prints a Markdown table.
+Targets: ours <= 1.05x the one-hot graph's time, <= 0.97x its peak memory. Prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from benchmarks.harness import specs
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
 GRAPHS = {"ours": "gather", "one-hot": "onehot"}  # label -> export.onnx lookup
+LOOKUP_INPUT = "z"
 TIME_TARGET, MEMORY_TARGET = 1.05, 0.97
 
 
@@ -58,6 +63,20 @@ def feeds(size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
     return {"image": image, "w_texture": np.ones(1, np.float32), "w_style": np.ones(1, np.float32)}
 
 
+def code_grid(size: tuple[int, int], pad_multiple: int = 32, scale: int = 4) -> tuple[int, int]:
+    """Positions the lookup sees for an image of ``size``: the padded size (always 1..32 added) over 4."""
+    return tuple((n // pad_multiple + 1) * pad_multiple // scale for n in size)
+
+
+def session_feeds(session, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Inputs for a whole-model graph, or for a lookup-stage graph (one input z [1, D, h, w])."""
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [LOOKUP_INPUT]:
+        return feeds(size)
+    channels = inputs[0].shape[1]
+    return {LOOKUP_INPUT: np.random.default_rng(0).standard_normal((1, channels, *code_grid(size)), dtype=np.float32)}
+
+
 def peak_rss_mib() -> float:
     """Peak RSS of this process. On Linux from VmHWM: ru_maxrss survives fork+exec, so a child spawned by a
     parent holding GBs (the exported models) would report the parent's RSS as its own peak."""
@@ -72,9 +91,10 @@ def peak_rss_mib() -> float:
 def measure_peak(path: str, size: tuple[int, int], threads: int, arena: bool) -> dict:
     """Child process: load one graph, run one image, report peak RSS after loading and after the run."""
     session = make_session(path, threads, arena)
+    inputs = session_feeds(session, size)
     loaded = peak_rss_mib()
     start = time.perf_counter()
-    session.run(None, feeds(size))
+    session.run(None, inputs)
     return {"load_mib": loaded, "peak_mib": peak_rss_mib(), "run_s": time.perf_counter() - start}
 
 
@@ -120,7 +140,8 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     checkpoint is reused (the metadata records the checkpoint's sha256)."""
     import onnx
 
-    from export.onnx import export_onnx, file_sha256
+    from codeenhance.files import file_sha256
+    from export.onnx import export_onnx
 
     sha = file_sha256(ckpt)
     paths = {}
@@ -136,6 +157,40 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     return paths
 
 
+def export_lookup_stages(ckpt: Path, workdir: Path) -> dict[str, Path]:
+    """Each lookup alone, z [N, D, h, w] -> (quantized, codes int32), from the checkpoint's codebook, through the
+    same exporter, onnxslim and dim-name clearing as the whole graphs."""
+    import onnx
+    import torch
+
+    from codeenhance import load_model
+    from export.dims import unname_derived_dims
+    from export.graph import GatherLookup, OneHotLookup, quiet_registry, slim
+
+    class LookupStage(torch.nn.Module):
+        def __init__(self, lookup: torch.nn.Module):
+            super().__init__()
+            self.lookup = lookup
+
+        def forward(self, z: torch.Tensor):
+            quantized, codes = self.lookup(z)
+            return quantized, codes.to(torch.int32)
+
+    quantizer = load_model(ckpt).quantizer
+    example = torch.randn(2, quantizer.embedding.weight.shape[1], 5, 7)
+    dynamic = {"z": {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=1), 3: torch.export.Dim("w", min=1)}}
+    paths = {}
+    for label, module in (("ours", GatherLookup(quantizer)), ("one-hot", OneHotLookup(quantizer))):
+        with warnings.catch_warnings(), quiet_registry():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(LookupStage(module).eval(), (example,), dynamo=True, opset_version=18,
+                                        input_names=[LOOKUP_INPUT], output_names=["quantized", "codes"],
+                                        dynamic_shapes=dynamic, verbose=False)
+        paths[label] = workdir / f"lookup_stage_{GRAPHS[label]}.onnx"
+        onnx.save(unname_derived_dims(slim(program.model_proto)), str(paths[label]))
+    return paths
+
+
 def graph_facts(path: Path) -> dict:
     import onnx
 
@@ -147,10 +202,15 @@ def verdict(ratio: float, target: float) -> str:
     return f"{ratio:.3f}x ({'meets' if ratio <= target else 'MISSES'} <= {target}x)"
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def table(facts: dict, best: dict, peaks: dict, args) -> str:
     lat = "x".join(map(str, args.latency_size))
-    mem = "x".join(map(str, args.memory_size)) if peaks else None
-    header = ["graph", "nodes", "Scatter* ops", f"{lat} best of {args.repeats} (s)"]
+    mem = "x".join(map(str, args.memory_size))
+    header = ["whole graph", "nodes", "Scatter* ops", f"{lat} best of {args.repeats} (s)"]
     if peaks:
         header += [f"{mem} peak RSS (MiB)", f"{mem} RSS after load (MiB)", f"{mem} run (s)"]
     rows = []
@@ -163,9 +223,18 @@ def table(facts: dict, best: dict, peaks: dict, args) -> str:
     ratio = ["ours / one-hot", "", "", verdict(best["ours"] / best["one-hot"], TIME_TARGET)]
     if peaks:
         ratio += [verdict(peaks["ours"]["peak_mib"] / peaks["one-hot"]["peak_mib"], MEMORY_TARGET), "", ""]
-    rows.append(ratio)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return markdown(header, rows + [ratio])
+
+
+def stage_table(stage_peaks: dict, args) -> str:
+    grid = "x".join(map(str, code_grid(args.memory_size)))
+    header = [f"lookup stage alone (code grid {grid})", "peak RSS (MiB)", "RSS after load (MiB)", "above load (MiB)", "run (s)"]
+    rows = [[label, f"{q['peak_mib']:.0f}", f"{q['load_mib']:.0f}", f"{q['peak_mib'] - q['load_mib']:.0f}", f"{q['run_s']:.2f}"]
+            for label, q in stage_peaks.items()]
+    ours, base = stage_peaks["ours"], stage_peaks["one-hot"]
+    rows.append(["ours / one-hot", verdict(ours["peak_mib"] / base["peak_mib"], MEMORY_TARGET), "",
+                 f"{(ours['peak_mib'] - ours['load_mib']) / (base['peak_mib'] - base['load_mib']):.3f}x", ""])
+    return markdown(header, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -193,17 +262,22 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     facts = {label: graph_facts(path) for label, path in paths.items()}
     arena = not args.no_arena
     best, difference = measure_latency(paths, args.latency_size, args.repeats, args.threads, arena)
-    peaks = {}
+    peaks, stage_peaks = {}, {}
     if not args.no_memory:
-        for label, path in paths.items():
+        stages = export_lookup_stages(ckpt, workdir)
+        for label in GRAPHS:
             print(f"peak memory of {label} at {args.memory_size[0]}x{args.memory_size[1]} ...", file=sys.stderr)
-            peaks[label] = peak_in_fresh_process(path, args.memory_size, args.threads, arena)
+            peaks[label] = peak_in_fresh_process(paths[label], args.memory_size, args.threads, arena)
+            stage_peaks[label] = peak_in_fresh_process(stages[label], args.memory_size, args.threads, arena)
     print(
         f"checkpoint: {ckpt}; ONNX Runtime CPU, {args.threads} intra-op threads, ORT_ENABLE_ALL, sequential, "
         f"memory arena {'on' if arena else 'off'}"
     )
     print(f"max abs difference between the two graphs' outputs: {difference:.3g}\n")
     print(table(facts, best, peaks, args))
+    if stage_peaks:
+        print()
+        print(stage_table(stage_peaks, args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,9 @@ parser (export/check.py) and verified in ONNX Runtime against PyTorch before it 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +21,10 @@ import torch
 
 import codeenhance
 from codeenhance import CheckpointError, CodeEnhance
+from codeenhance.files import AtomicOutput, file_sha256
 
 from . import check as trt_check
+from .dims import unname_derived_dims
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
 from .verify import DEFAULT_ATOL, format_report, verify_onnx
 
@@ -58,14 +57,6 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_source(ckpt_or_model: str | os.PathLike | CodeEnhance) -> tuple[CodeEnhance, str]:
     """(model in eval mode, sha256 of its checkpoint file or IN_MEMORY); CheckpointError for a bad file."""
     if isinstance(ckpt_or_model, CodeEnhance):
@@ -75,41 +66,25 @@ def load_source(ckpt_or_model: str | os.PathLike | CodeEnhance) -> tuple[CodeEnh
     return model, file_sha256(path)
 
 
-@contextlib.contextmanager
-def reserved_output(out: str | os.PathLike, overwrite: bool):
-    """(final path, temp file next to it), the temp file removed on exit whatever happens. Creating it up front
-    proves the folder is writable before minutes of tracing; ``publish`` renames it over the target."""
+def reserve_output(out: str | os.PathLike, overwrite: bool) -> AtomicOutput:
+    """The temp file next to ``out`` that replaces it on success, created up front: an unwritable folder fails
+    before minutes of tracing, and an existing file is refused unless ``overwrite``."""
     out = Path(out).absolute()
     if out.is_dir():
         raise ExportError(f"--out {out} is a directory; give a file name such as {out / 'codeenhance.onnx'}")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        return AtomicOutput(out)
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror or e} ({type(e).__name__})") from e
-    os.close(fd)
-    try:
-        yield out, Path(tmp)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish(graph: onnx.ModelProto, tmp: Path, out: Path, validate: Validator | None, model: CodeEnhance | None) -> Path:
-    """Write to the temp file, let ``validate`` reject it, then move it over ``out`` in one rename."""
+def save_and_validate(graph: onnx.ModelProto, tmp: Path, validate: Validator | None, model: CodeEnhance | None) -> None:
+    """Write the reserved temp file and let ``validate`` reject it (before it is renamed into place)."""
     onnx.save(graph, str(tmp))
     if validate is not None:
         validate(tmp, model)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
-    os.replace(tmp, out)
-    return out
 
 
 def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: str, with_codes: bool) -> dict[str, str]:
@@ -134,7 +109,7 @@ def build_onnx(
 ) -> onnx.ModelProto:
     """Trace, slim and attach the metadata; nothing is written."""
     check_opset(opset)
-    graph = slim(trace(model, opset=opset, lookup=lookup, with_codes=with_codes))
+    graph = unname_derived_dims(slim(trace(model, opset=opset, lookup=lookup, with_codes=with_codes)))
     if trt_check.onnx_opset(graph) != opset:  # the exporter falls back to its own opset when conversion fails
         raise ExportError(f"the exporter produced opset {trt_check.onnx_opset(graph)} instead of the requested {opset}")
     props = metadata(model, checkpoint_sha256=checkpoint_sha256, opset=opset, lookup=lookup, with_codes=with_codes)
@@ -160,10 +135,12 @@ def export_onnx(
     check_opset(opset)
     if lookup not in LOOKUPS:
         raise ExportError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
-    with reserved_output(out_path, overwrite) as (out, tmp):
+    output = reserve_output(out_path, overwrite)
+    with output as tmp:
         model, sha = load_source(ckpt_or_model)
         graph = build_onnx(model, opset=opset, with_codes=with_codes, lookup=lookup, checkpoint_sha256=sha)
-        return publish(graph, tmp, out, validate, model)
+        save_and_validate(graph, tmp, validate, model)
+    return output.path
 
 
 def save_onnx(
@@ -171,8 +148,10 @@ def save_onnx(
     validate: Validator | None = None, model: CodeEnhance | None = None,
 ) -> Path:
     """Write an already built graph with the same guarantees as ``export_onnx`` (e.g. after editing it)."""
-    with reserved_output(out_path, overwrite) as (out, tmp):
-        return publish(graph, tmp, out, validate, model)
+    output = reserve_output(out_path, overwrite)
+    with output as tmp:
+        save_and_validate(graph, tmp, validate, model)
+    return output.path
 
 
 def cli_validator(*, verify: bool, atol: float, threads: int, lookup: str) -> Validator:

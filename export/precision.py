@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -30,7 +28,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from codeenhance.files import AtomicOutput
+
 from . import fidelity
+from .dims import unname_derived_dims
 from .precision_rules import FLOAT, FP16_MAX, REASONS, GraphIndex, PrecisionError, classify, index_graph, user_nodes
 
 DEFAULT_DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 step is 0.5 or more
@@ -76,9 +77,10 @@ def convert(src: Path, model: onnx.ModelProto, fp32_nodes: set[str], backend: st
                 converted = float16.convert_float_to_float16(source, keep_io_types=True, **options)
     except Exception as e:
         raise PrecisionError(f"the {backend} conversion failed: {type(e).__name__}: {str(e)[:400]}") from e
-    # Converters leave stale intermediate shapes, which make ONNX Runtime warn about buffer reuse: infer afresh.
+    # Converters leave stale intermediate shapes, which make ONNX Runtime warn about buffer reuse: infer afresh,
+    # then drop the dim names as export.onnx does (they make ONNX Runtime hold freed buffers, see unname_derived_dims).
     del converted.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(converted)
+    return unname_derived_dims(onnx.shape_inference.infer_shapes(converted))
 
 
 def unshare_initializers(model: onnx.ModelProto, fp32_nodes: set[str]) -> onnx.ModelProto:
@@ -199,15 +201,9 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     converted = convert(src, model, set(reasons), backend, plain)
     if io_signature(converted) != io_signature(model):
         raise PrecisionError(f"the converter changed the graph I/O: {io_signature(converted)} vs {io_signature(model)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(converted, tmp)
+    with AtomicOutput(out) as tmp:  # renamed over ``out`` only when the converted graph passes the check
+        onnx.save(converted, str(tmp))
         check = run_check(tmp, images[0], reference, threads, plain)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     result = build_report(
         src=src, out=out, backend=backend, plain=plain, data_max=data_max, calibration=source, calib_size=calib_size,
         keep_fp32=list(keep_fp32), ix=ix, reasons=reasons, absmax=absmax, precision=node_precision(converted), smoke=check,

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from codeenhance.files import write_bytes_atomically
+
 from .trt_plan import (
     INPUT_NAMES,
     OUTPUT_ENHANCED,
@@ -41,7 +43,6 @@ from .trt_plan import (
 from .trt_sidecar import (
     GpuInfo,
     StaleEngineError,
-    atomic_write_bytes,
     check_sidecar,
     detect_gpu,
     format_sidecar,
@@ -145,7 +146,7 @@ class EngineBuilder:
             )
         engine = self.plan.engine_path
         sidecar_path(engine).unlink(missing_ok=True)  # an old sidecar must never describe the new engine
-        atomic_write_bytes(engine, serialized)
+        write_bytes_atomically(engine, serialized)
         self._save_timing_cache(config)
         sidecar = write_sidecar(engine, self.plan.sidecar())
         return BuildResult(engine, sidecar, engine.stat().st_size, time.perf_counter() - start)
@@ -205,7 +206,7 @@ class EngineBuilder:
             return
         cache = config.get_timing_cache()
         if cache is not None:
-            atomic_write_bytes(self.plan.timing_cache, cache.serialize())
+            write_bytes_atomically(self.plan.timing_cache, cache.serialize())
 
 
 def describe_plan(plan: BuildPlan, tensorrt_installed: bool) -> str:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from codeenhance.files import update_digest
+
 from .trt_sidecar import SIDECAR_SCHEMA, GpuInfo
 
 # The ONNX I/O contract of export/onnx.py and export/precision.py. The runtime binds tensors by these names.
@@ -199,20 +201,14 @@ def _fingerprint(path: Path, external_files: list[str]) -> str:
     """sha256 of the model file (what ``sha256sum`` prints), extended by each external data file's name and
     bytes when there are any: retrained weights must change the key even when they live outside the .onnx."""
     digest = hashlib.sha256()
-    _hash_file(digest, path)
+    update_digest(digest, path)
     for name in external_files:
         file = path.parent / name
         if not file.is_file():
             raise PlanError(f"{path} references external data {name}, which is missing next to it")
         digest.update(name.encode() + b"\0")
-        _hash_file(digest, file)
+        update_digest(digest, file)
     return digest.hexdigest()
-
-
-def _hash_file(digest, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
 
 
 def check_contract(summary: OnnxSummary, profile: ShapeProfile) -> None:

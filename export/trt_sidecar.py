@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from codeenhance.files import write_bytes_atomically
 
 SIDECAR_SCHEMA = 1
 
@@ -40,19 +41,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def atomic_write_bytes(path: Path, data) -> None:
-    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)  # bytes, or TensorRT's IHostMemory through the buffer protocol
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_sidecar(content: dict) -> str:
     """Indented JSON with lists of plain values (shapes, names) kept on one line, for people reading it."""
     text = json.dumps(content, indent=2)
@@ -61,7 +49,7 @@ def format_sidecar(content: dict) -> str:
 
 def write_sidecar(engine_path: str | os.PathLike, content: dict) -> Path:
     path = sidecar_path(engine_path)
-    atomic_write_bytes(path, (format_sidecar(content) + "\n").encode())
+    write_bytes_atomically(path, (format_sidecar(content) + "\n").encode())
     return path
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from codeenhance import CheckpointError
-from export.trt_sidecar import atomic_write_bytes
+from codeenhance.files import write_bytes_atomically
 
 from .backend import BackendError
 from .enhancer import BACKENDS, DEFAULT_OVERLAP, Enhancer, backend_for
@@ -175,7 +175,7 @@ def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, failures: list) -> i
                 try:
                     if isinstance(output, Exception):
                         raise ImageError(f"cannot enhance: {output}")
-                    atomic_write_bytes(job.target, encode_image(output, job.target.suffix))
+                    write_bytes_atomically(job.target, encode_image(output, job.target.suffix))
                     written += 1
                 except (ImageError, OSError) as e:
                     failures.append((str(job.source), str(e)))

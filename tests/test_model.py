@@ -63,7 +63,6 @@ def test_flip_pad_keeps_reflecting_for_tiny_images(hw):
     y = flip_pad_to_multiple(x)
     assert y.shape[-2:] == (padded_size(hw[0]), padded_size(hw[1]))
     # Period 2H along rows: x, flip(x), x, ...
-    h = hw[0]
     rows = torch.cat([x, torch.flip(x, [2])], 2).repeat(1, 1, 32, 1)[:, :, : y.shape[2], :]
     assert torch.equal(y[..., : hw[1]], rows)
 

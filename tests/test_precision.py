@@ -68,6 +68,13 @@ def test_io_names_and_fp32_types_unchanged(tiny_onnx, converted):
     assert model.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.INT32
 
 
+def test_fp16_graph_has_types_but_no_dim_names(converted):
+    _, _, model, _ = converted
+    typed = [v for v in model.graph.value_info if v.type.tensor_type.elem_type]
+    assert len(typed) > 100  # element types re-inferred: the FP16/FP32 report and the runtime need them
+    assert not any(d.HasField("dim_param") for v in model.graph.value_info for d in v.type.tensor_type.shape.dim)
+
+
 def test_nearest_code_lookup_is_fp32(converted):
     _, _, _, ix = converted
     argmins = [n for n in ix.nodes if n.op_type == "ArgMin"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import specs
+from benchmarks.harness.worker import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
@@ -64,7 +64,8 @@ def feeds(size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def code_grid(size: tuple[int, int], pad_multiple: int = 32, scale: int = 4) -> tuple[int, int]:
-    """Positions the lookup sees for an image of ``size``: the padded size (always 1..32 added) over 4."""
+    """Positions the lookup sees for an image of ``size``: ``codeenhance.padded_size`` over 4, written out here
+    because the memory child must not import torch (codeenhance does) into the RSS it measures."""
     return tuple((n // pad_multiple + 1) * pad_multiple // scale for n in size)
 
 
@@ -77,25 +78,14 @@ def session_feeds(session, size: tuple[int, int]) -> dict[str, np.ndarray]:
     return {LOOKUP_INPUT: np.random.default_rng(0).standard_normal((1, channels, *code_grid(size)), dtype=np.float32)}
 
 
-def peak_rss_mib() -> float:
-    """Peak RSS of this process. On Linux from VmHWM: ru_maxrss survives fork+exec, so a child spawned by a
-    parent holding GBs (the exported models) would report the parent's RSS as its own peak."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024.0  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
-
-
 def measure_peak(path: str, size: tuple[int, int], threads: int, arena: bool) -> dict:
     """Child process: load one graph, run one image, report peak RSS after loading and after the run."""
     session = make_session(path, threads, arena)
     inputs = session_feeds(session, size)
-    loaded = peak_rss_mib()
+    loaded = peak_rss_mb()
     start = time.perf_counter()
     session.run(None, inputs)
-    return {"load_mib": loaded, "peak_mib": peak_rss_mib(), "run_s": time.perf_counter() - start}
+    return {"load_mib": loaded, "peak_mib": peak_rss_mb(), "run_s": time.perf_counter() - start}
 
 
 def peak_in_fresh_process(path: Path, size: tuple[int, int], threads: int, arena: bool) -> dict:
@@ -159,12 +149,11 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
 
 def export_lookup_stages(ckpt: Path, workdir: Path) -> dict[str, Path]:
     """Each lookup alone, z [N, D, h, w] -> (quantized, codes int32), from the checkpoint's codebook, through the
-    same exporter, onnxslim and dim-name clearing as the whole graphs."""
+    same exporter and ``slim`` (onnxslim, dim names cleared) as the whole graphs."""
     import onnx
     import torch
 
     from codeenhance import load_model
-    from export.dims import unname_derived_dims
     from export.graph import GatherLookup, OneHotLookup, quiet_registry, slim
 
     class LookupStage(torch.nn.Module):
@@ -187,7 +176,7 @@ def export_lookup_stages(ckpt: Path, workdir: Path) -> dict[str, Path]:
                                         input_names=[LOOKUP_INPUT], output_names=["quantized", "codes"],
                                         dynamic_shapes=dynamic, verbose=False)
         paths[label] = workdir / f"lookup_stage_{GRAPHS[label]}.onnx"
-        onnx.save(unname_derived_dims(slim(program.model_proto)), str(paths[label]))
+        onnx.save(slim(program.model_proto), str(paths[label]))
     return paths
 
 

@@ -19,6 +19,8 @@ from torch import nn
 from codeenhance import CodeEnhance
 from codeenhance.quantizer import VectorQuantizer
 
+from .dims import unname_derived_dims
+
 INPUT_NAMES = ("image", "w_texture", "w_style")
 OUTPUT_ENHANCED, OUTPUT_CODES = "enhanced", "codes"
 LOOKUPS = ("gather", "onehot")
@@ -178,10 +180,11 @@ def trace(model: CodeEnhance, *, opset: int, lookup: str = "gather", with_codes:
 
 
 def slim(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding, dead-code and shape-op cleanup with onnxslim (a maintained tool, no hand-written passes)."""
+    """Constant folding, dead-code and shape-op cleanup with onnxslim (a maintained tool, no hand-written passes),
+    then the intermediate dim names cleared (``unname_derived_dims``: they make ONNX Runtime hold freed buffers)."""
     import onnxslim
 
     slimmed = onnxslim.slim(model)
     if slimmed is None:
         raise RuntimeError("onnxslim failed to simplify the exported graph")
-    return slimmed
+    return unname_derived_dims(slimmed)

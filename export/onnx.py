@@ -24,7 +24,6 @@ from codeenhance import CheckpointError, CodeEnhance
 from codeenhance.files import AtomicOutput, file_sha256
 
 from . import check as trt_check
-from .dims import unname_derived_dims
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
 from .verify import DEFAULT_ATOL, format_report, verify_onnx
 
@@ -107,9 +106,9 @@ def build_onnx(
     model: CodeEnhance, *, opset: int = DEFAULT_OPSET, with_codes: bool = False, lookup: str = "gather",
     checkpoint_sha256: str = IN_MEMORY,
 ) -> onnx.ModelProto:
-    """Trace, slim and attach the metadata; nothing is written."""
+    """Trace, slim (dim names cleared too) and attach the metadata; nothing is written."""
     check_opset(opset)
-    graph = unname_derived_dims(slim(trace(model, opset=opset, lookup=lookup, with_codes=with_codes)))
+    graph = slim(trace(model, opset=opset, lookup=lookup, with_codes=with_codes))
     if trt_check.onnx_opset(graph) != opset:  # the exporter falls back to its own opset when conversion fails
         raise ExportError(f"the exporter produced opset {trt_check.onnx_opset(graph)} instead of the requested {opset}")
     props = metadata(model, checkpoint_sha256=checkpoint_sha256, opset=opset, lookup=lookup, with_codes=with_codes)

@@ -19,7 +19,7 @@ import torch
 
 from codeenhance import CodeEnhance
 
-from .fidelity import psnr
+from .fidelity import ort_session, psnr
 from .graph import INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, GatherLookup, positions, to_feature_map
 
 DEFAULT_ATOL = 2e-4
@@ -57,16 +57,6 @@ DEFAULT_CASES = (
     Case(2, 64, 96, (1.0, 0.5), (1.0, 1.5), "batch 2, per-image weights, multiple of 32"),
     Case(1, 13, 40, (0.8,), (1.2,), "H < 16 (mirror padding repeats)"),
 )
-
-
-def ort_session(model: str | Path | bytes, threads: int = 2):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def with_codes_output(model: onnx.ModelProto) -> onnx.ModelProto:

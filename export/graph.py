@@ -1,7 +1,8 @@
 """The module that is traced into ONNX: CodeEnhance plus the graph contract (names, clamp, int32 codes).
 
 The eager model is not changed: the graph is traced from a copy whose quantizer is swapped for an
-export-time lookup (``gather``: constants prepared here; ``onehot``: the original's one-hot baseline).
+export-time lookup (``gather``: constants prepared here; ``onehot``: the original's one-hot baseline) and whose
+memory-hungry layers are swapped for equivalent export-friendly ones (``export.rewrites``).
 Padding, Swin masks and cropping are the model's own code, traced as they are.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from codeenhance import CodeEnhance
 from codeenhance.quantizer import VectorQuantizer
 
 from .dims import unname_derived_dims
+from .rewrites import export_friendly
 
 INPUT_NAMES = ("image", "w_texture", "w_style")
 OUTPUT_ENHANCED, OUTPUT_CODES = "enhanced", "codes"
@@ -100,6 +102,7 @@ class EnhanceGraph(nn.Module):
         self.net = copy.deepcopy(model).eval()
         self.net.reference_encoder = None  # reference-image mode is not part of the graph
         self.net.quantizer = (GatherLookup if lookup == "gather" else OneHotLookup)(self.net.quantizer)
+        export_friendly(self.net)
         self.with_codes = with_codes
 
     def forward(self, image: torch.Tensor, w_texture: torch.Tensor, w_style: torch.Tensor):

@@ -4,8 +4,9 @@
 - latency at 256x256: best of N runs, the two graphs alternating in one process (so load drift hits both);
 - peak memory at 1024x1024: each graph in a fresh subprocess, peak RSS (VmHWM, or getrusage's ru_maxrss), for
   the whole model and for the lookup stage alone (each lookup exported by itself, fed the code grid of that image
-  size: [1, 512, 264, 264] for 1024x1024). The whole model's peak is reached in the Swin stage and the decoder, not
-  in the lookup, so there both graphs peak alike; the lookup stage shows what the lookup itself costs.
+  size: [1, 512, 264, 264] for 1024x1024). Both graphs carry the same export rewrites (export/rewrites.py), so the
+  rest of the model costs the same in both; the one-hot graph peaks in its lookup, ours in the Swin MLP. The
+  lookup stage alone shows what each lookup itself costs.
 
     python -m benchmarks.onnx_lookup [--ckpt PATH] [--latency-size 256x256] [--memory-size 1024x1024]
                                      [--repeats 3] [--threads 2] [--workdir DIR]

@@ -1,9 +1,9 @@
 """Export-time replacements for layers whose exported form costs memory in ONNX Runtime.
 
 Each one computes what the layer it replaces computes (up to float rounding) and is swapped into the copy of the
-model that is traced (``export.graph.EnhanceGraph``), never into the eager model. Measured on a 1024x1024 image
-(ONNX Runtime CPU, golden checkpoint), they take the whole graph's peak RSS from 3,053 to 1,715 MiB, and it runs
-a little faster (45.2 -> 42.7 s); see README, "ONNX graph".
+model that is traced (``export.graph.EnhanceGraph``), never into the eager model. On a 1024x1024 image (ONNX
+Runtime CPU, golden checkpoint) they take the whole graph's peak RSS from 3,053 to 1,679 MiB, no slower; see
+README, "ONNX graph".
 """
 from __future__ import annotations
 

@@ -127,20 +127,20 @@ def resolve_checkpoint(ckpt: str | None, workdir: Path) -> Path:
 
 
 def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
-    """Both lookups exported from the same checkpoint; a graph left in --workdir by an earlier run of the same
-    checkpoint is reused (the metadata records the checkpoint's sha256)."""
+    """Both lookups exported from the same checkpoint; a graph left in --workdir by an earlier run is reused when
+    its metadata records the same checkpoint (sha256), lookup and exporting code (``exporter_fingerprint``)."""
     import onnx
 
     from codeenhance.files import file_sha256
-    from export.onnx import export_onnx
+    from export.onnx import export_onnx, exporter_fingerprint
 
-    sha = file_sha256(ckpt)
+    wanted = {"checkpoint_sha256": file_sha256(ckpt), "exporter_fingerprint": exporter_fingerprint()}
     paths = {}
     for label, lookup in GRAPHS.items():
         path = workdir / f"codeenhance_{lookup}.onnx"
         if path.is_file():
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            if props.get("checkpoint_sha256") == sha and props.get("lookup") == lookup:
+            if all(props.get(k) == v for k, v in {**wanted, "lookup": lookup}.items()):
                 paths[label] = path
                 continue
         print(f"exporting the {label} graph (lookup={lookup}) ...", file=sys.stderr)

@@ -10,6 +10,8 @@ parser (export/check.py) and verified in ONNX Runtime against PyTorch before it 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -86,6 +88,23 @@ def save_and_validate(graph: onnx.ModelProto, tmp: Path, validate: Validator | N
         validate(tmp, model)
 
 
+@functools.cache
+def exporter_fingerprint() -> str:
+    """Short hash of all that shapes the exported graph: the model and export packages' code and the versions of
+    torch, onnxscript, onnxslim and onnx. Recorded in the metadata; a tool that reuses an earlier export checks it,
+    because an upgraded toolkit exports a different graph from the same checkpoint."""
+    import onnxscript
+    import onnxslim
+
+    digest = hashlib.sha256()
+    for root in (Path(codeenhance.__file__).parent, Path(__file__).parent):
+        for path in sorted(root.glob("*.py")):
+            digest.update(f"{root.name}/{path.name}\0".encode() + path.read_bytes())
+    for module in (torch, onnxscript, onnxslim, onnx):
+        digest.update(f"{module.__name__} {module.__version__}\0".encode())
+    return digest.hexdigest()[:12]
+
+
 def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: str, with_codes: bool) -> dict[str, str]:
     import onnxslim
 
@@ -99,6 +118,7 @@ def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: 
         "opset": str(opset),
         "lookup": lookup,
         "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True); onnxslim {onnxslim.__version__}",
+        "exporter_fingerprint": exporter_fingerprint(),
     }
 
 

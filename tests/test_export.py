@@ -191,6 +191,8 @@ def test_golden_metadata(golden_graph, golden_ckpt):
     assert "(H//32+1)*32" in props["padding"]
     assert "[0,1]" in props["input_range"]
     assert props["lookup"] == "gather"
+    assert props["exporter_fingerprint"] == onnx_export.exporter_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{12}", props["exporter_fingerprint"])
 
 
 def test_golden_io_contract(golden_graph, golden_session, golden_cases):

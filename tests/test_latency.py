@@ -161,3 +161,21 @@ def test_real_images_are_fitted_to_each_size(tmp_path):
     assert names == ["a.png"]
     assert arrays[(32, 32)].shape == (1, 3, 32, 32) and arrays[(40, 80)].shape == (1, 3, 40, 80)
     assert arrays[(32, 32)].dtype == np.float32 and 0 <= arrays[(32, 32)].min() <= arrays[(32, 32)].max() <= 1
+
+
+def test_artifacts_reuse_a_graph_only_from_the_same_exporting_code(tmp_path, tiny_ckpt, monkeypatch):
+    """--artifacts: a graph exported by this toolkit is reused; one left by a toolkit whose export code differs
+    (another exporter fingerprint) is not, even for the same checkpoint."""
+    import export.onnx
+    from benchmarks.harness.artifacts import Artifacts
+
+    first = Artifacts(tmp_path, ckpt=tiny_ckpt, preset="tiny", log=lambda *_: None)
+    graph = first.get("onnx")
+    assert export.onnx.exporter_fingerprint() in graph.name
+    again = Artifacts(tmp_path, ckpt=tiny_ckpt, preset="tiny", log=lambda *_: None)
+    assert again.get("onnx") == graph and graph.name in again.reused
+
+    monkeypatch.setattr(export.onnx, "exporter_fingerprint", lambda: "0123456789ab")  # as after an upgrade
+    upgraded = Artifacts(tmp_path, ckpt=tiny_ckpt, preset="tiny", log=lambda *_: None)
+    fresh = upgraded.get("onnx")
+    assert fresh != graph and fresh.is_file() and not upgraded.reused

@@ -2,8 +2,9 @@
 
 Each artifact is produced by the project's own tools (codeenhance, export.onnx, export.precision,
 export.tensorrt); this module only decides names, reuses what a previous run left in ``--artifacts``, and
-records how long each step took. Derived files are named by a hash of their source, so a reused file always
-belongs to the checkpoint or graph of this run.
+records how long each step took. Derived files are named by a hash of their source and of the exporting code
+(``export.onnx.exporter_fingerprint``), so a reused file always belongs to the checkpoint or graph of this run
+and to this version of the toolkit.
 """
 from __future__ import annotations
 
@@ -96,10 +97,10 @@ class Artifacts:
 
     def _graph(self, lookup: str) -> Path:
         """The fp32 graph with the ``codes`` output, so code agreement can be measured."""
-        from export.onnx import export_onnx
+        from export.onnx import export_onnx, exporter_fingerprint
 
         ckpt = self.get("checkpoint")
-        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{lookup}-codes.onnx")
+        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{exporter_fingerprint()}-{lookup}-codes.onnx")
         if not self._reuse(path, f"ONNX graph ({lookup} lookup, with codes)"):
             options = {} if self.opset is None else {"opset": self.opset}
             export_onnx(ckpt, path, with_codes=True, lookup=lookup, overwrite=True, **options)
@@ -108,10 +109,11 @@ class Artifacts:
     def _fp16(self) -> Path:
         """The mixed-precision graph, made from the fp32 graph of this run by export.precision (its report, with
         the nodes kept in FP32 and why, is written beside it)."""
+        from export.onnx import exporter_fingerprint
         from export.precision import convert_file
 
         source = self.get("onnx")
-        path = self._out(f"{source.stem}-{file_key(source)}-fp16.onnx")
+        path = self._out(f"{source.stem}-{file_key(source)}-{exporter_fingerprint()}-fp16.onnx")
         if not self._reuse(path, "FP16 graph (export.precision)"):
             convert_file(source, path, threads=self.threads, overwrite=True,
                          log=lambda text: self.log(text.splitlines()[0]))  # its full report goes to the file

@@ -91,8 +91,10 @@ def save_and_validate(graph: onnx.ModelProto, tmp: Path, validate: Validator | N
 @functools.cache
 def exporter_fingerprint() -> str:
     """Short hash of all that shapes the exported graph: the model and export packages' code and the versions of
-    torch, onnxscript, onnxslim and onnx. Recorded in the metadata; a tool that reuses an earlier export checks it,
-    because an upgraded toolkit exports a different graph from the same checkpoint."""
+    torch, onnxscript, onnx_ir (the exporter's IR and optimizer), onnxslim and onnx. Recorded in the metadata; a
+    tool that reuses an earlier export checks it, because an upgraded toolkit exports a different graph from the
+    same checkpoint."""
+    import onnx_ir
     import onnxscript
     import onnxslim
 
@@ -100,7 +102,7 @@ def exporter_fingerprint() -> str:
     for root in (Path(codeenhance.__file__).parent, Path(__file__).parent):
         for path in sorted(root.glob("*.py")):
             digest.update(f"{root.name}/{path.name}\0".encode() + path.read_bytes())
-    for module in (torch, onnxscript, onnxslim, onnx):
+    for module in (torch, onnxscript, onnx_ir, onnxslim, onnx):
         digest.update(f"{module.__name__} {module.__version__}\0".encode())
     return digest.hexdigest()[:12]
 

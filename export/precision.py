@@ -55,6 +55,19 @@ def pick_backend(backend: str) -> str:
     return "autocast"
 
 
+def converter_version(backend: str = "auto") -> str:
+    """Which converter ``convert_file(backend=...)`` would use, with its package version, e.g. 'autocast 0.47.0':
+    the same FP32 graph gives a different FP16 graph with another converter, so reuse of FP16 files keys on it."""
+    backend = pick_backend(backend)
+    if backend == "autocast":
+        import modelopt
+
+        return f"autocast {modelopt.__version__}"
+    import onnxconverter_common
+
+    return f"onnxconverter {onnxconverter_common.__version__}"
+
+
 def convert(src: Path, model: onnx.ModelProto, fp32_nodes: set[str], backend: str, plain: bool = False) -> onnx.ModelProto:
     """FP16 graph with ``fp32_nodes`` kept, FP32 I/O. ``plain``: the library's own all-FP16 conversion."""
     try:

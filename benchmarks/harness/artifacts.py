@@ -2,9 +2,9 @@
 
 Each artifact is produced by the project's own tools (codeenhance, export.onnx, export.precision,
 export.tensorrt); this module only decides names, reuses what a previous run left in ``--artifacts``, and
-records how long each step took. Derived files are named by a hash of their source and of the exporting code
-(``export.onnx.exporter_fingerprint``), so a reused file always belongs to the checkpoint or graph of this run
-and to this version of the toolkit.
+records how long each step took. Derived files are named by a hash of their source and of the tools that made
+them (``export.onnx.exporter_fingerprint``; for FP16 graphs also ``export.precision.converter_version``), so a
+reused file always belongs to the checkpoint or graph of this run and to this version of the toolkit.
 """
 from __future__ import annotations
 
@@ -110,10 +110,11 @@ class Artifacts:
         """The mixed-precision graph, made from the fp32 graph of this run by export.precision (its report, with
         the nodes kept in FP32 and why, is written beside it)."""
         from export.onnx import exporter_fingerprint
-        from export.precision import convert_file
+        from export.precision import convert_file, converter_version
 
         source = self.get("onnx")
-        path = self._out(f"{source.stem}-{file_key(source)}-{exporter_fingerprint()}-fp16.onnx")
+        tools = hashlib.sha1(f"{exporter_fingerprint()} {converter_version()}".encode()).hexdigest()[:10]
+        path = self._out(f"{source.stem}-{file_key(source)}-{tools}-fp16.onnx")
         if not self._reuse(path, "FP16 graph (export.precision)"):
             convert_file(source, path, threads=self.threads, overwrite=True,
                          log=lambda text: self.log(text.splitlines()[0]))  # its full report goes to the file

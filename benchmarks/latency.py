@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -33,14 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.harness import specs  # noqa: E402  (light: no torch, so the worker starts lean)
+from benchmarks.harness import machine, specs  # noqa: E402  (light: no torch, so the worker starts lean)
 from benchmarks.harness.artifacts import ArtifactError, Artifacts  # noqa: E402  (imports its tools lazily)
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "local"  # ignored by benchmarks/results/.gitignore
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("measurement")
     run.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (default 1)")
     run.add_argument("--iters", type=int, default=3, help="timed calls per backend and size (default 3)")
-    run.add_argument("--threads", type=int, default=usable_cpus(),
-                     help=f"intra-op threads for torch and onnxruntime (default: usable CPUs, {usable_cpus()})")
+    run.add_argument("--threads", type=int, default=machine.usable_cpus(),
+                     help=f"intra-op threads for torch and onnxruntime (default: usable CPUs, {machine.usable_cpus()})")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     run.add_argument("--timeout", type=float, default=3600, help="seconds per measurement process (default 3600)")
     out = p.add_argument_group("output")
@@ -243,8 +238,6 @@ def run_benchmark(args, argv: list[str]) -> int:
 def measure_and_compare(args, work: Path, cuda_available: bool) -> dict:
     from tqdm import tqdm
 
-    from benchmarks.harness import machine
-
     started = time.time()
     info = machine.describe_machine()  # before measuring: the load average says how busy the machine was
     artifacts = Artifacts(args.artifacts or work / "artifacts", ckpt=args.ckpt, onnx=args.onnx,
@@ -257,7 +250,7 @@ def measure_and_compare(args, work: Path, cuda_available: bool) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("size_list", "backend_list", "_worker")}
     settings.update(sizes=[specs.size_label(hw) for hw in args.size_list], backends=args.backend_list)
     return {
-        "machine": {**info, "load_average_end": list(os.getloadavg())},
+        "machine": {**info, "load_average_end": machine.load_average()},
         "machine_line": machine.one_line(info),
         "settings": settings,
         "reference": specs.REFERENCE,

@@ -91,7 +91,7 @@ def measure_peak(path: str, size: tuple[int, int], threads: int, arena: bool) ->
 
 def peak_in_fresh_process(path: Path, size: tuple[int, int], threads: int, arena: bool) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.onnx_lookup", "--measure-peak", str(path),
-           "--memory-size", f"{size[0]}x{size[1]}", "--threads", str(threads)] + ([] if arena else ["--no-arena"])
+           "--memory-size", specs.size_label(size), "--threads", str(threads)] + ([] if arena else ["--no-arena"])
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement of {path.name} failed:\n{done.stderr[-2000:]}")
@@ -192,14 +192,10 @@ def verdict(ratio: float, target: float) -> str:
     return f"{ratio:.3f}x ({'meets' if ratio <= target else 'MISSES'} <= {target}x)"
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def table(facts: dict, best: dict, peaks: dict, args) -> str:
-    lat = "x".join(map(str, args.latency_size))
-    mem = "x".join(map(str, args.memory_size))
+    from benchmarks.harness import report  # parent only: report imports export.*, the memory child must not
+
+    lat, mem = specs.size_label(args.latency_size), specs.size_label(args.memory_size)
     header = ["whole graph", "nodes", "Scatter* ops", f"{lat} best of {args.repeats} (s)"]
     if peaks:
         header += [f"{mem} peak RSS (MiB)", f"{mem} RSS after load (MiB)", f"{mem} run (s)"]
@@ -213,18 +209,20 @@ def table(facts: dict, best: dict, peaks: dict, args) -> str:
     ratio = ["ours / one-hot", "", "", verdict(best["ours"] / best["one-hot"], TIME_TARGET)]
     if peaks:
         ratio += [verdict(peaks["ours"]["peak_mib"] / peaks["one-hot"]["peak_mib"], MEMORY_TARGET), "", ""]
-    return markdown(header, rows + [ratio])
+    return report.table(header, rows + [ratio])
 
 
 def stage_table(stage_peaks: dict, args) -> str:
-    grid = "x".join(map(str, code_grid(args.memory_size)))
+    from benchmarks.harness import report  # parent only, as in table()
+
+    grid = specs.size_label(code_grid(args.memory_size))
     header = [f"lookup stage alone (code grid {grid})", "peak RSS (MiB)", "RSS after load (MiB)", "above load (MiB)", "run (s)"]
     rows = [[label, f"{q['peak_mib']:.0f}", f"{q['load_mib']:.0f}", f"{q['peak_mib'] - q['load_mib']:.0f}", f"{q['run_s']:.2f}"]
             for label, q in stage_peaks.items()]
     ours, base = stage_peaks["ours"], stage_peaks["one-hot"]
     rows.append(["ours / one-hot", verdict(ours["peak_mib"] / base["peak_mib"], MEMORY_TARGET), "",
                  f"{(ours['peak_mib'] - ours['load_mib']) / (base['peak_mib'] - base['load_mib']):.3f}x", ""])
-    return markdown(header, rows)
+    return report.table(header, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,7 +254,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     if not args.no_memory:
         stages = export_lookup_stages(ckpt, workdir)
         for label in GRAPHS:
-            print(f"peak memory of {label} at {args.memory_size[0]}x{args.memory_size[1]} ...", file=sys.stderr)
+            print(f"peak memory of {label} at {specs.size_label(args.memory_size)} ...", file=sys.stderr)
             peaks[label] = peak_in_fresh_process(paths[label], args.memory_size, args.threads, arena)
             stage_peaks[label] = peak_in_fresh_process(stages[label], args.memory_size, args.threads, arena)
     print(

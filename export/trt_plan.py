@@ -158,6 +158,8 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
+    from .check import onnx_opset  # here, like onnx: this module stays importable without it
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for a corrupt file
@@ -168,7 +170,7 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
     external = sorted(
         {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
     )
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = onnx_opset(model)
     return OnnxSummary(
         path=path,
         sha256=_fingerprint(path, external),

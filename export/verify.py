@@ -19,7 +19,7 @@ import torch
 
 from codeenhance import CodeEnhance
 
-from .fidelity import ort_session, psnr
+from .fidelity import code_agreement, ort_session, psnr
 from .graph import INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, GatherLookup, positions, to_feature_map
 
 DEFAULT_ATOL = 2e-4
@@ -136,7 +136,7 @@ def compare(ours: np.ndarray, reference: np.ndarray, codes=None, reference_codes
         raise AssertionError(f"output shape {ours.shape} differs from the reference {reference.shape}")
     agreement = None
     if codes is not None and reference_codes is not None:
-        agreement = float(np.mean(codes.astype(np.int64) == reference_codes.astype(np.int64)))
+        agreement = code_agreement(codes, reference_codes)
     return {"max_abs": float(np.abs(ours - reference).max()), "psnr": psnr(ours, reference), "code_agreement": agreement}
 
 

@@ -20,11 +20,9 @@ class ArtifactError(RuntimeError):
 
 
 def file_key(path: Path, length: int = 10) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+    from codeenhance.files import update_digest  # here: codeenhance imports torch, which workers must not load
+
+    return update_digest(hashlib.sha1(), path).hexdigest()[:length]
 
 
 class Artifacts:

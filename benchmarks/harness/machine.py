@@ -55,18 +55,26 @@ def versions() -> dict:
     return found
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def describe_machine() -> dict:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
+        "cpus_usable": usable_cpus(),
         "memory_gb": memory_total_gb(),
         "gpus": gpu_names(),
         "platform": platform.platform(),
         "versions": versions(),
         # Other work on a shared machine inflates latencies: the load average says how busy it was.
-        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_start": load_average(),
     }
 
 

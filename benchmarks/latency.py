@@ -204,6 +204,7 @@ def compare_all(entries: dict, raw: dict, names: list[str]) -> None:
             return {k: z[k] for k in z.files}
 
     ref_entry = entries[specs.REFERENCE]
+    reference: dict[str, dict] = {}  # size label -> the reference's outputs, read once for all backends
     for name, entry in entries.items():
         for label, record in entry["sizes"].items():
             ref_record = ref_entry["sizes"].get(label)
@@ -211,7 +212,9 @@ def compare_all(entries: dict, raw: dict, names: list[str]) -> None:
             if record["status"] != "ok" or not ref_record or ref_record["status"] != "ok":
                 record["fidelity"] = None
                 continue
-            rows = compare_outputs(names, outputs(raw[name][label]), outputs(raw[specs.REFERENCE][label]))
+            if label not in reference:
+                reference[label] = outputs(raw[specs.REFERENCE][label])
+            rows = compare_outputs(names, outputs(raw[name][label]), reference[label])
             record["fidelity"] = {"per_image": rows, "summary": summarize(rows)}
         if entry["sizes"]:
             entry["scaling"] = scaling(entry["sizes"])

@@ -53,11 +53,14 @@ class BackendBase:
 
     def __init__(self) -> None:
         self._loaded = False
+        self._info: BackendInfo | None = None
 
     def load(self) -> None:
         if not self._loaded:
             self._load()
             self._loaded = True
+            # Fixed once loaded; every infer() checks its batch against it, so it is built once, not per call.
+            self._info = self._describe()
 
     def infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
         self.load()
@@ -68,12 +71,13 @@ class BackendBase:
 
     def describe(self) -> BackendInfo:
         self.load()  # shape limits and metadata come from the loaded model, session or engine
-        return self._describe()
+        return self._info
 
     def close(self) -> None:
         if self._loaded:
             self._close()
             self._loaded = False
+            self._info = None
 
     def __enter__(self):
         self.load()

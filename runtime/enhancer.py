@@ -243,8 +243,10 @@ class Enhancer:
             if patch.weight is None:
                 outputs[patch.image] = out
                 continue
-            total, weight = blends.setdefault(patch.image, (np.zeros_like(inputs[patch.image]),
-                                                            np.zeros(inputs[patch.image].shape[1:], np.float32)))
+            if patch.image not in blends:  # allocated on the image's first tile only
+                blends[patch.image] = (np.zeros_like(inputs[patch.image]),
+                                       np.zeros(inputs[patch.image].shape[1:], np.float32))
+            total, weight = blends[patch.image]
             rows, cols = slice(patch.y, patch.y + patch.h), slice(patch.x, patch.x + patch.w)
             total[:, rows, cols] += out * patch.weight
             weight[rows, cols] += patch.weight

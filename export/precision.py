@@ -32,7 +32,9 @@ from codeenhance.files import AtomicOutput
 
 from . import fidelity
 from .dims import unname_derived_dims
-from .precision_rules import FLOAT, FP16_MAX, REASONS, GraphIndex, PrecisionError, classify, index_graph, user_nodes
+from .precision_rules import (
+    FLOAT, FP16_MAX, REASONS, GraphIndex, PrecisionError, classify, index_graph, node_absmax, user_nodes,
+)
 
 DEFAULT_DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 step is 0.5 or more
 BACKENDS = ("auto", "autocast", "onnxconverter")
@@ -137,8 +139,7 @@ def build_report(*, ix: GraphIndex, reasons: dict[str, list[str]], absmax: dict[
                  **facts) -> dict:
     """What stayed FP32 and why (with the calibrated max of each node's I/O), counts by reason and op type."""
     by_name = ix.by_name
-    peak = lambda node: max((absmax.get(t, 0.0) for t in (*node.input, *node.output)), default=0.0)
-    kept = [{"name": n, "op_type": by_name[n].op_type, "reasons": r, "calibrated_absmax": peak(by_name[n])}
+    kept = [{"name": n, "op_type": by_name[n].op_type, "reasons": r, "calibrated_absmax": node_absmax(by_name[n], absmax)}
             for n, r in reasons.items()]
     float_nodes = [n for n in ix.nodes if ix.has_precision(n)]
     count = lambda nodes: dict(Counter(n.op_type for n in nodes).most_common())
@@ -150,7 +151,7 @@ def build_report(*, ix: GraphIndex, reasons: dict[str, list[str]], absmax: dict[
         "fp32_by_converter": [n.name for n in float_nodes if precision.get(n.name) == "fp32" and n.name not in reasons],
         "not_fp32_as_asked": [n for n in reasons if precision.get(n) == "fp16"],
         # Headroom: the largest calibrated |x| left in FP16 (FP16 overflows at 65504; its step is 0.5 at 512).
-        "fp16_peak": max(([peak(n), n.name] for n in float_nodes if precision.get(n.name) == "fp16"), default=None),
+        "fp16_peak": max(([node_absmax(n, absmax), n.name] for n in float_nodes if precision.get(n.name) == "fp16"), default=None),
         "fp16_by_op_type": count(n for n in float_nodes if precision.get(n.name) == "fp16"),
         "fp32_by_op_type": count(n for n in float_nodes if precision.get(n.name) == "fp32"),
     }

@@ -154,13 +154,18 @@ def shape_derived_floats(ix: GraphIndex) -> set[str]:
     return derived
 
 
+def node_absmax(node: onnx.NodeProto, absmax: dict[str, float]) -> float:
+    """The largest calibrated |x| over a node's inputs and outputs (0 for tensors never seen)."""
+    return max((absmax.get(t, 0.0) for t in (*node.input, *node.output)), default=0.0)
+
+
 def overflow_nodes(ix: GraphIndex, absmax: dict[str, float], data_max: float) -> dict[str, float]:
     """Float-computing nodes whose inputs or outputs reached |x| > data_max, or with initializers beyond FP16."""
     too_big = {t.name for t in ix.model.graph.initializer
                if t.data_type == FLOAT and np.abs(onnx.numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX}
     found = {}
     for node in (n for n in ix.nodes if n.op_type != "Constant" and ix.computes_float(n)):
-        peak = max([absmax.get(t, 0.0) for t in (*node.input, *node.output)] + [np.inf for i in node.input if i in too_big])
+        peak = max([node_absmax(node, absmax)] + [np.inf for i in node.input if i in too_big])
         if not peak <= data_max:  # also NaN
             found[node.name] = peak
     return found

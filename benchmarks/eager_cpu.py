@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import codeenhance  # noqa: E402
-from benchmarks.harness.specs import parse_size  # noqa: E402
+import codeenhance
+from benchmarks.harness.specs import parse_size
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "checkpoint.pth"
 

@@ -28,12 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks.harness import machine, specs  # light: no torch, so the worker starts lean
+from benchmarks.harness.artifacts import ArtifactError, Artifacts  # imports its tools lazily
 
-from benchmarks.harness import machine, specs  # noqa: E402  (light: no torch, so the worker starts lean)
-from benchmarks.harness.artifacts import ArtifactError, Artifacts  # noqa: E402  (imports its tools lazily)
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "local"  # ignored by benchmarks/results/.gitignore
 

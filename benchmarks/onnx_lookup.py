@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import specs
+from runtime import onnxruntime_backend
 from benchmarks.harness.worker import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,16 +47,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def make_session(path: str | Path, threads: int, arena: bool = True):
-    # Imported here, not via export.verify: the memory child must not carry torch in its peak RSS.
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = arena  # ORT's default is on; off trades some speed for ~10% less peak RSS
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # The runtime's factory, not export's: the memory child must not carry torch in its peak RSS. Sequential
+    # execution and all graph optimisations are ORT's defaults; one inter-op thread matches them.
+    return onnxruntime_backend.make_session(path, threads=threads, inter_op_threads=1, arena=arena)
 
 
 def feeds(size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -131,7 +125,7 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     its metadata records the same checkpoint (sha256), lookup and exporting code (``exporter_fingerprint``)."""
     import onnx
 
-    from codeenhance.files import file_sha256
+    from contract.files import file_sha256
     from export.onnx import export_onnx, exporter_fingerprint
 
     wanted = {"checkpoint_sha256": file_sha256(ckpt), "exporter_fingerprint": exporter_fingerprint()}
@@ -244,7 +238,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    sys.path.insert(0, str(REPO))
     ckpt = resolve_checkpoint(args.ckpt, workdir)
     paths = export_graphs(ckpt, workdir)
     facts = {label: graph_facts(path) for label, path in paths.items()}

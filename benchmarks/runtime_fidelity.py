@@ -20,18 +20,11 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from export.fidelity import code_agreement, fit_max_side, list_images, to_8bit  # noqa: E402
-from runtime.enhancer import to_model_input  # noqa: E402
+from benchmarks.harness.inputs import PHOTO_DIR, SHARED, load_photo
+from export.fidelity import code_agreement, list_images, to_8bit
+from runtime.enhancer import to_model_input
 
-SHARED = REPO.parent / "shared"
-PHOTO_DIR = SHARED / "data" / "lowlight"
 CODE_CELL = 4  # codes are at 1/4 of the padded resolution
-
-
-def load_photo(path: Path, longest: int | None) -> np.ndarray:
-    """BGR uint8 as the CLI reads it, downscaled (INTER_AREA) so the longest side is at most ``longest``."""
-    return fit_max_side(cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR), longest)
 
 
 def code_change_mask(codes_a: np.ndarray, codes_b: np.ndarray, hw: tuple[int, int], radius: int) -> np.ndarray:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness.inputs import PHOTO_DIR, SHARED, load_photo
+from export.fidelity import list_images, psnr
+from runtime import Enhancer, create_backend
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchmarks.runtime_fidelity import PHOTO_DIR, SHARED, load_photo  # noqa: E402
-from export.fidelity import list_images, psnr  # noqa: E402
-from runtime import Enhancer, create_backend  # noqa: E402
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:

@@ -14,11 +14,12 @@ import torch
 
 from .blocks import Encoder
 from .config import OFFICIAL, CodeEnhanceConfig
-from .files import AtomicOutput
+from contract.errors import InputError
+from contract.files import AtomicOutput
 from .network import CodeEnhance
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used, with the reason and what to do."""
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import onnx
 
+from contract import formats
+from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError
+
 # Operators the TensorRT ONNX parser imports (the part of docs/operators.md relevant to exported CNN/transformer
 # graphs). Ops with extra conditions are checked in CONSTRAINTS below. The parser does take If, Loop, NonZero,
 # OneHot and the scatters; FORBIDDEN_OPS rejects them for this project's graph.
@@ -232,15 +235,27 @@ def check_model(model: onnx.ModelProto, path: str = "<in memory>", *, forbidden=
     return report
 
 
-def check_file(path: str | Path, *, forbidden=FORBIDDEN_OPS, label: str | None = None) -> CheckReport:
+def load_onnx_file(path: str | Path) -> onnx.ModelProto:
+    """An ONNX model from a file, or InputError saying what the file is instead (missing, a folder, empty, a
+    checkpoint, text, ...). protobuf parses many non-ONNX bytes, an empty file included, into an empty model."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
+    if not path.exists():
+        raise InputError(f"ONNX file not found: {path}")
+    kind = formats.detect(path)
+    if kind not in (formats.ONNX_GRAPH, formats.UNKNOWN):  # an unknown start may still parse: let onnx judge
+        raise InputError(f"{path} is {formats.a(kind)}, not an ONNX graph"
+                         + ("; name the .onnx file in it" if kind == formats.FOLDER else ""))
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf raises unrelated types on a corrupt file
-        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from e
-    return check_model(model, label or str(path), forbidden=forbidden)
+        raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node or not model.opset_import:
+        raise InputError(f"{path} holds no ONNX graph (no nodes or no opset); export it again")
+    return model
+
+
+def check_file(path: str | Path, *, forbidden=FORBIDDEN_OPS, label: str | None = None) -> CheckReport:
+    return check_model(load_onnx_file(path), label or str(path), forbidden=forbidden)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,11 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--allow takes one of {', '.join(sorted(FORBIDDEN_OPS))}; got {', '.join(unknown)}")
     try:
         report = check_file(args.onnx, forbidden=FORBIDDEN_OPS - set(args.allow))
-    except (FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(report.summary())
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_PARTIAL
 
 
 if __name__ == "__main__":

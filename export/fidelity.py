@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import onnx
 
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+from contract.images import IMAGE_SUFFIXES, ImageError, read_image
+from runtime.onnxruntime_backend import make_session
+
 
 # SSIM constants of Wang et al. (2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03.
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -49,12 +51,18 @@ def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
-    """An image file as float32 RGB [H,W,3] in [0,1] (read as 8-bit BGR with OpenCV, like the original)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path} could not be read as an image")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-    return fit_max_side(rgb, max_side)
+    """An image file as float32 RGB [H,W,3] in [0,1] (contract.images' reader; alpha dropped, gray expanded).
+    ImageError (a ValueError) names the file when it cannot be read."""
+    try:
+        image = read_image(path)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from e
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    if image.ndim == 3 and image.shape[2] == 2:
+        image = image[..., 0]  # gray + alpha
+    code = cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    rgb = cv2.cvtColor(image, code).astype(np.float32) / np.float32(scale)
+    return fit_max_side(np.clip(rgb, 0.0, 1.0), max_side)
 
 
 def synthetic_lowlight(count: int, size: tuple[int, int] = (192, 256), seed: int = 0) -> list[np.ndarray]:
@@ -86,14 +94,27 @@ def synthetic_lowlight(count: int, size: tuple[int, int] = (192, 256), seed: int
     return images
 
 
-def calibration_images(folder: str | Path | None, count: int, max_side: int) -> tuple[list[np.ndarray], str]:
-    """(images, description): up to ``count`` spread over the folder's sorted list, or synthetic ones (4:3)."""
+def calibration_images(folder: str | Path | None, count: int, max_side: int) -> tuple[list[np.ndarray], str, list[str]]:
+    """(images, description, skipped): up to ``count`` spread over the folder's sorted list, or synthetic ones
+    (4:3). An unreadable file is skipped (``skipped`` says which and why) and the next one taken; ValueError when
+    none can be read."""
     if folder is None:
         side = min(max_side, 256)
-        return synthetic_lowlight(count, (side * 3 // 4, side)), f"{count} synthetic low-light images"
+        return synthetic_lowlight(count, (side * 3 // 4, side)), f"{count} synthetic low-light images", []
     paths = list_images(folder)
-    picked = list(dict.fromkeys(paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)))
-    return [load_rgb(p, max_side) for p in picked], f"{len(picked)} images from {folder}"
+    spread = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+    order = list(dict.fromkeys([paths[i] for i in spread] + paths))  # the spread first, the rest as spares
+    images, skipped = [], []
+    for path in order:
+        if len(images) == min(count, len(paths)):
+            break
+        try:
+            images.append(load_rgb(path, max_side))
+        except ImageError as e:
+            skipped.append(str(e))
+    if not images:
+        raise ValueError(f"none of the images under {folder} can be read: {'; '.join(skipped[:3])}")
+    return images, f"{len(images)} images from {folder}", skipped
 
 
 def to_nchw(image: np.ndarray) -> np.ndarray:
@@ -105,19 +126,8 @@ def to_nchw(image: np.ndarray) -> np.ndarray:
 
 
 def ort_session(model, threads: int = 2, *, in_node_order: bool = False):
-    """A CPU session for a path or serialized bytes; ``threads`` intra-op threads (the machine is shared).
-
-    ``in_node_order``: run nodes in the graph's own order (the default order may run them much later).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if in_node_order:
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    options.log_severity_level = 3  # reused-buffer shape warnings are noise here
-    source = str(model) if isinstance(model, (str, Path)) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    """A quiet CPU session for a path or serialized bytes, ``threads`` intra-op threads (the machine is shared)."""
+    return make_session(model, threads=threads, in_node_order=in_node_order, quiet=True)
 
 
 def graph_feed(image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0) -> dict[str, np.ndarray]:

@@ -18,13 +18,12 @@ from onnxscript import opset18 as op
 from torch import nn
 
 from codeenhance import CodeEnhance
+from contract.graph import INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, OUTPUT_ENHANCED
 from codeenhance.quantizer import VectorQuantizer
 
 from .dims import unname_derived_dims
 from .rewrites import export_friendly
 
-INPUT_NAMES = ("image", "w_texture", "w_style")
-OUTPUT_ENHANCED, OUTPUT_CODES = "enhanced", "codes"
 LOOKUPS = ("gather", "onehot")
 
 # 18 is the lowest opset torch's exporter implements (its down-conversion to 17 fails on Pad), and is above 17,
@@ -126,7 +125,7 @@ def dynamic_shapes() -> dict:
     batch = torch.export.Dim("batch", min=1)
     height = torch.export.Dim("height", min=1)
     width = torch.export.Dim("width", min=1)
-    return {"image": {0: batch, 2: height, 3: width}, "w_texture": {0: batch}, "w_style": {0: batch}}
+    return {INPUT_IMAGE: {0: batch, 2: height, 3: width}, INPUT_W_TEXTURE: {0: batch}, INPUT_W_STYLE: {0: batch}}
 
 
 def example_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ import torch
 
 import codeenhance
 from codeenhance import CheckpointError, CodeEnhance
-from codeenhance.files import AtomicOutput, file_sha256
+from contract.errors import EXIT_OK, EXIT_PARTIAL, ToolkitError
+from contract.files import AtomicOutput, file_sha256
 
 from . import check as trt_check
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
@@ -40,12 +41,14 @@ IN_MEMORY = "none: exported from an in-memory model"
 Validator = Callable[[Path, CodeEnhance], None]
 
 
-class ExportError(RuntimeError):
+class ExportError(ToolkitError):
     """An export that cannot be done (options, output path), with the reason."""
 
 
 class GraphRejected(ExportError):
     """The exported graph failed the TensorRT check or the ONNX Runtime verification."""
+
+    exit_code = EXIT_PARTIAL
 
 
 def check_opset(opset: int) -> int:
@@ -224,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except ExportError as e:
         print(f"error: {e}; nothing was written to {args.out}", file=sys.stderr)
-        return 1 if isinstance(e, GraphRejected) else 2
+        return e.exit_code
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, lookup {args.lookup})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

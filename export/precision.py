@@ -28,7 +28,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from codeenhance.files import AtomicOutput
+from contract.errors import EXIT_OK, InputError
+from contract.files import AtomicOutput
+from contract.graph import FP16, FP16_MIXED, FP32, INPUT_NAMES, META_PRECISION, OUTPUT_ENHANCED
+
+from .check import load_onnx_file
 
 from . import fidelity
 from .dims import unname_derived_dims
@@ -200,14 +204,16 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     src, out = Path(src), Path(out).absolute()
     check_paths(src, out, calib, overwrite)
     backend = pick_backend(backend)
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise PrecisionError(f"{src} is not a readable ONNX model ({type(e).__name__}: {e})") from e
+    model = load_codeenhance_graph(src)
     ix = index_graph(model)
     user = user_nodes(ix, list(keep_fp32))  # before minutes of calibration: a typo fails now
     # plain: no rules to calibrate; one image still gives the check its FP32 reference.
-    images, source = fidelity.calibration_images(calib, 1 if plain else calib_count, calib_size)
+    try:
+        images, source, skipped = fidelity.calibration_images(calib, 1 if plain else calib_count, calib_size)
+    except ValueError as e:
+        raise PrecisionError(f"--calib: {e}") from e
+    for reason in skipped:
+        log(f"skipped calibration image {reason}")
     log(f"calibrating on {source} (max side {calib_size}) ...")
     absmax, reference = fidelity.activation_ranges(model, ix.activations, images, threads)
     reasons = {} if plain else classify(ix, absmax, data_max, user)
@@ -215,6 +221,8 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     converted = convert(src, model, set(reasons), backend, plain)
     if io_signature(converted) != io_signature(model):
         raise PrecisionError(f"the converter changed the graph I/O: {io_signature(converted)} vs {io_signature(model)}")
+    onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
+                                            META_PRECISION: FP16 if plain else FP16_MIXED})
     with AtomicOutput(out) as tmp:  # renamed over ``out`` only when the converted graph passes the check
         onnx.save(converted, str(tmp))
         check = run_check(tmp, images[0], reference, threads, plain)
@@ -236,6 +244,23 @@ def run_check(path: str, image: np.ndarray, reference: list[np.ndarray], threads
         if not plain:
             raise PrecisionError(message) from e
         return {"error": message}
+
+
+def load_codeenhance_graph(src: Path) -> onnx.ModelProto:
+    """The FP32 graph to convert; PrecisionError for a file that is no ONNX graph or not one of ours."""
+    try:
+        model = load_onnx_file(src)
+    except InputError as e:
+        raise PrecisionError(str(e)) from e
+    inputs, outputs = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    if set(INPUT_NAMES) - set(inputs) or OUTPUT_ENHANCED not in outputs:
+        raise PrecisionError(f"{src} is not a CodeEnhance graph: it has inputs {inputs} and outputs {outputs}, expected "
+                             f"inputs {list(INPUT_NAMES)} and an output {OUTPUT_ENHANCED!r}; export one with "
+                             "python -m export.onnx")
+    precision = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION, FP32)
+    if precision != FP32:
+        raise PrecisionError(f"{src} is already {precision}; convert the FP32 graph from python -m export.onnx")
+    return model
 
 
 def check_paths(src: Path, out: Path, calib, overwrite: bool) -> None:
@@ -287,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                      overwrite=a.overwrite, report=a.report)
     except PrecisionError as e:
         print(f"error: {e}; nothing was written", file=sys.stderr)
-        return 2
-    return 0
+        return e.exit_code
+    return EXIT_OK
 
 
 if __name__ == "__main__":

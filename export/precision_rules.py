@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from contract.errors import ToolkitError
+
 FP16_MAX = float(np.finfo(np.float16).max)
 FLOAT = TensorProto.FLOAT
 REASONS = ("lookup", "normalisation", "overflow", "user")
@@ -27,7 +29,7 @@ STAT_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
 STAT_FORWARD_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Max", "Cast"}
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(ToolkitError):
     """A conversion that cannot be done (input, output, options), with the reason."""
 
 

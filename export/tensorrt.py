@@ -7,7 +7,7 @@
 The network is strongly typed: precision comes from the graph (the FP16 graph of export/precision.py
 casts inside and keeps FP32 I/O), never from ``BuilderFlag.FP16``, which TensorRT 11 removed. One
 optimization profile covers ``image`` [N,3,H,W] and ``w_texture``/``w_style`` [N]. Next to the engine a
-sidecar ``<engine>.json`` records the TensorRT version, GPU and ONNX hash (export/trt_sidecar.py);
+sidecar ``<engine>.json`` records the TensorRT version, GPU and ONNX hash (contract/engine_sidecar.py);
 the engine name carries the same facts as a key (export/trt_plan.py), so stale engines are never reused.
 
 ``--dry-run`` and ``--print-trtexec`` work without TensorRT or a GPU: they check the ONNX file and
@@ -24,7 +24,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeenhance.files import write_bytes_atomically
+from contract import optional
+from contract.errors import ToolkitError
+from contract.engine_sidecar import (
+    GpuInfo,
+    StaleEngineError,
+    check_sidecar,
+    detect_gpu,
+    format_sidecar,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from contract.files import write_bytes_atomically
 
 from .trt_plan import (
     INPUT_NAMES,
@@ -39,16 +51,6 @@ from .trt_plan import (
     format_shape,
     parse_hw,
     trt_major,
-)
-from .trt_sidecar import (
-    GpuInfo,
-    StaleEngineError,
-    check_sidecar,
-    detect_gpu,
-    format_sidecar,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
 )
 
 __all__ = [
@@ -68,30 +70,27 @@ __all__ = [
     "sidecar_path",
 ]
 
-INSTALL_HINT = (
-    'TensorRT is not installed. Install it with `pip install "codeenhance-deploy[tensorrt]"` '
-    "(needs an NVIDIA GPU and driver), or run with --dry-run / --print-trtexec to see the build plan without it."
-)
+WITHOUT_TENSORRT = "or run with --dry-run / --print-trtexec to see the build plan without it"
 EXIT_OK, EXIT_BUILD_FAILED, EXIT_BAD_INPUT, EXIT_NO_TENSORRT = 0, 1, 2, 3
 
 
-class TensorRTMissingError(ImportError):
+class TensorRTMissingError(optional.MissingDependency):
     """TensorRT (or a GPU to build on) is not available here."""
 
+    exit_code = EXIT_NO_TENSORRT
 
-class EngineBuildError(RuntimeError):
+
+class EngineBuildError(ToolkitError):
     """TensorRT rejected the graph or failed to build, with its reasons."""
 
-
-EXIT_CODES = {EngineBuildError: EXIT_BUILD_FAILED, PlanError: EXIT_BAD_INPUT, TensorRTMissingError: EXIT_NO_TENSORRT}
+    exit_code = EXIT_BUILD_FAILED
 
 
 def import_tensorrt():
     try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTMissingError(INSTALL_HINT) from exc
-    return trt
+        return optional.import_tensorrt()
+    except optional.MissingDependency as e:
+        raise TensorRTMissingError(f"{e}; {WITHOUT_TENSORRT}") from e
 
 
 def network_creation_flags(trt) -> int:
@@ -294,7 +293,7 @@ def _target(args, installed: str | None, planning: bool) -> tuple[str, GpuInfo |
         gpu = GpuInfo(args.gpu_name, UNKNOWN) if args.gpu_name else detect_gpu()
         return args.trt_version or installed or UNKNOWN, gpu
     if installed is None:
-        raise TensorRTMissingError(INSTALL_HINT)
+        raise TensorRTMissingError(f"TensorRT is not installed; install it with {optional.TENSORRT_HINT}, {WITHOUT_TENSORRT}")
     detected_gpu = detect_gpu()
     if detected_gpu is None:
         raise TensorRTMissingError("no CUDA GPU is visible; engines must be built on the GPU model that will run them")
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         result = EngineBuilder(plan, verbose=args.verbose).build()
     except (TensorRTMissingError, PlanError, EngineBuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return next(code for kind, code in EXIT_CODES.items() if isinstance(exc, kind))
+        return exc.exit_code
     print(
         f"built {result.engine_path} ({result.engine_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s; "
         f"sidecar {result.sidecar_path}"

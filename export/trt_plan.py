@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from codeenhance.files import update_digest
+from contract.files import update_digest
 
-from .trt_sidecar import SIDECAR_SCHEMA, GpuInfo
+from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
+from contract.errors import InputError
+from contract.sizes import parse_size
+from contract.graph import (  # noqa: F401  (OUTPUT_CODES: part of this module's names for the builder)
+    FP32, INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED,
+)
 
-# The ONNX I/O contract of export/onnx.py and export/precision.py. The runtime binds tensors by these names.
-IMAGE, W_TEXTURE, W_STYLE = "image", "w_texture", "w_style"
-INPUT_NAMES = (IMAGE, W_TEXTURE, W_STYLE)
+IMAGE, W_TEXTURE, W_STYLE = INPUT_IMAGE, INPUT_W_TEXTURE, INPUT_W_STYLE
 INPUT_RANKS = {IMAGE: 4, W_TEXTURE: 1, W_STYLE: 1}
-OUTPUT_ENHANCED, OUTPUT_CODES = "enhanced", "codes"
 ENGINE_SUFFIXES = (".plan", ".engine")
 KEY_PLACEHOLDER = "{key}"
 UNKNOWN = "unknown"
@@ -38,22 +40,16 @@ UNKNOWN = "unknown"
 _ONNX_TYPE_NAMES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 
-class PlanError(ValueError):
+class PlanError(InputError):
     """A build request that cannot work, with what to change."""
 
 
 def parse_hw(text: str) -> tuple[int, int]:
-    """``"512x768"`` -> (512, 768) as (H, W); ``"512"`` -> (512, 512)."""
-    parts = text.lower().replace("*", "x").split("x")
+    """``"512x768"`` -> (512, 768) as (H, W); ``"512"`` -> (512, 512); ``"720p"``; PlanError otherwise."""
     try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise PlanError(f"size {text!r} is not HxW (for example 512x512)")
-    return values
+        return parse_size(text)
+    except InputError as e:
+        raise PlanError(str(e)) from None
 
 
 def format_shape(shape) -> str:
@@ -191,12 +187,16 @@ def _tensor_spec(value_info) -> TensorSpec:
 
 
 def _graph_precision(model) -> str:
-    """A strongly typed engine runs in the graph's own types, so the graph tells the engine's precision."""
+    """A strongly typed engine runs in the graph's own types, so the graph tells the engine's precision: its
+    ``precision`` metadata (export/precision.py writes it), else what its initializers and Casts hold."""
+    recorded = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION)
+    if recorded:
+        return recorded
     reduced = {10: "fp16", 16: "bf16"}  # TensorProto.FLOAT16, BFLOAT16
     found = {reduced[t.data_type] for t in model.graph.initializer if t.data_type in reduced}
     casts = (a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to")
     found |= {reduced[to] for to in casts if to in reduced}
-    return "+".join(sorted(found)) + "-mixed" if found else "fp32"
+    return "+".join(sorted(found)) + "-mixed" if found else FP32
 
 
 def _fingerprint(path: Path, external_files: list[str]) -> str:
@@ -341,7 +341,7 @@ class BuildPlan:
         )
 
     def sidecar(self, created: datetime | None = None) -> dict:
-        """The sidecar JSON for the engine this plan builds (field names: see export/trt_sidecar.py)."""
+        """The sidecar JSON for the engine this plan builds (field names: see contract/engine_sidecar.py)."""
         import codeenhance
 
         created = created or datetime.now(timezone.utc)

@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from contract.errors import ToolkitError
+
 
 @dataclass(frozen=True)
 class BackendInfo:
@@ -29,7 +31,7 @@ class InferResult:
     codes: np.ndarray | None = None  # int [N,1,Hp/4,Wp/4] when the backend can report them
 
 
-class BackendError(RuntimeError):
+class BackendError(ToolkitError, RuntimeError):
     """A backend that cannot load or run, with the reason and what to do."""
 
 

@@ -2,40 +2,36 @@
 
 Outputs are PNG (or the input's format with --keep-format), written atomically into OUTDIR under the input's
 name. Existing outputs are kept unless --overwrite; an input file is never written over. Unreadable files are
-skipped and listed at the end. Exit status: 0 all written, 1 some inputs failed or were skipped,
-2 bad arguments, no inputs or a model that cannot be loaded.
+skipped and listed at the end, and so is every folder entry that is not enhanced. Exit status: 0 all written,
+1 some inputs failed or were skipped, 2 bad arguments, no inputs or a model that cannot be loaded,
+130 interrupted (after a summary of what was written).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
+import os
 import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
-from codeenhance import CheckpointError
-from codeenhance.files import write_bytes_atomically
+from contract.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError, ToolkitError
+from contract.files import write_bytes_atomically
+from contract.graph import check_weight
+from contract.images import ImageError, encode_image, is_image_path, read_image
 
-from .backend import BackendError
-from .enhancer import BACKENDS, DEFAULT_OVERLAP, Enhancer, backend_for
+from .enhancer import DEFAULT_OVERLAP, ClippedInputWarning, Enhancer
+from .registry import BACKENDS, choose_backend
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
-# Formats OpenCV writes 16-bit; for the others it saturates 16-bit values to 255, so we scale down first.
-SIXTEEN_BIT_EXTENSIONS = {".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_FAILED = EXIT_PARTIAL  # the name the tests and users of this module know
 # Errors that fail one image (its shape or type, or the backend refusing it) without stopping the run.
-ENHANCE_ERRORS = (ValueError, TypeError, BackendError)
-# Which command-line options each backend takes (as constructor keywords).
-BACKEND_OPTIONS = {"torch": ("device", "precision", "threads"), "onnxruntime": ("providers", "threads"),
-                   "tensorrt": ("device",)}
-
-
-class ImageError(Exception):
-    """A file that cannot be read or written as an image."""
+ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
+# The command-line flag of each backend option, for messages.
+OPTION_FLAGS = {"device": "--device", "precision": "--fp16", "providers": "--providers", "threads": "--threads"}
 
 
 @dataclass
@@ -44,76 +40,102 @@ class Job:
     target: Path
 
 
-def collect_inputs(specs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, image files of folders (not recursive) and glob matches, in order, without repeats; plus the
-    specs that matched nothing."""
-    found, missing = [], []
+@dataclass
+class Run:
+    """What happened so far; printed at the end, also after Ctrl-C."""
+
+    inputs: int = 0
+    written: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): make the exit status 1
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # folder entries that are not images
+    notes: list[tuple[str, str]] = field(default_factory=list)  # written, with something worth knowing
+
+
+def link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed, or None."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return "symbolic link loop" if e.errno == errno.ELOOP else f"broken symbolic link (target {os.readlink(path)} missing)"
+    return None
+
+
+def folder_entries(folder: Path, run: Run) -> list[Path]:
+    """The image files of a folder (not recursive); every other entry is listed with the reason it is left out."""
+    images = []
+    for entry in sorted(folder.iterdir()):
+        problem = link_problem(entry) if entry.is_symlink() else None
+        if problem:
+            (run.problems if is_image_path(entry) else run.skipped).append((str(entry), problem))
+        elif entry.is_dir():
+            run.skipped.append((str(entry), f"a folder (not searched; name it, or use a glob like '{entry}/**/*')"))
+        elif not is_image_path(entry):
+            run.skipped.append((str(entry), f"not an image file suffix ({entry.suffix or 'none'})"))
+        else:
+            images.append(entry)
+    return images
+
+
+def collect_inputs(specs: list[str], run: Run) -> list[Path]:
+    """Files, image files of folders and glob matches, in order, without repeats. Specs that match nothing are
+    problems; folder entries left out are listed in ``run.skipped``."""
+    found = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            matches = folder_entries(path, run)
         elif path.is_file():
             matches = [path]
+        elif path.is_symlink():
+            run.problems.append((spec, link_problem(path) or "not a file"))
+            continue
         elif glob.has_magic(spec):
             matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         else:
-            missing.append((spec, "not found"))
+            run.problems.append((spec, "not found"))
             continue
         if not matches:
-            missing.append((spec, "no image files" if path.is_dir() else "matches no files"))
+            run.problems.append((spec, "no image files" if path.is_dir() else "matches no files"))
         found += matches
     unique = {p.resolve(): p for p in reversed(found)}  # first occurrence wins
-    return [p for p in found if unique.get(p.resolve()) is p], missing
+    return [p for p in found if unique.get(p.resolve()) is p]
 
 
-def plan_jobs(inputs: list[Path], outdir: Path, keep_format: bool, overwrite: bool):
-    """Output path of each input, and the inputs refused before any work (reasons in words)."""
-    jobs, refused, targets = [], [], {}
+def plan_jobs(inputs: list[Path], outdir: Path, keep_format: bool, overwrite: bool, run: Run) -> list[Job]:
+    """Output path of each input; inputs refused before any work go to ``run.problems``. Two inputs with the same
+    output name (photo.jpg, photo.png) are both planned: the first that is written claims the name."""
+    jobs = []
     sources = {p.resolve() for p in inputs}
     for source in inputs:
         target = outdir / (source.name if keep_format else source.stem + ".png")
-        key = target.resolve()
-        if key in sources:
-            refused.append((str(source), f"output {target} would replace an input file; choose another -o"))
-        elif key in targets:
-            refused.append((str(source), f"output {target.name} is also the output of {targets[key]}; rename one"))
+        if target.resolve() in sources:
+            run.problems.append((str(source), f"output {target} would replace an input file; choose another -o"))
         elif target.exists() and not overwrite:
-            refused.append((str(source), f"output {target} exists (pass --overwrite to replace it)"))
+            run.problems.append((str(source), f"output {target} exists (pass --overwrite to replace it)"))
         else:
-            targets[key] = source
             jobs.append(Job(source, target))
-    return jobs, refused
+    return jobs
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Any-depth image with alpha, via imdecode so that non-ASCII names work on every platform."""
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def weight(text: str) -> float:
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageError(f"cannot read: {e.strerror or e}") from e
-    if data.size == 0:
-        raise ImageError("empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError("not a readable image (corrupt, truncated or not an image file)")
-    return image
-
-
-def encode_image(image: np.ndarray, extension: str) -> bytes:
-    """Encode for ``extension``, converting the depth where the format cannot hold the image's."""
-    extension = extension.lower()
-    if image.dtype == np.float32 and extension not in (".tif", ".tiff"):  # float TIFF in: 16-bit where possible
-        scale = 65535 if extension in SIXTEEN_BIT_EXTENSIONS else 255
-        image = np.rint(np.clip(image, 0, 1) * scale).astype(np.uint16 if scale == 65535 else np.uint8)
-    if image.dtype == np.uint16 and extension not in SIXTEEN_BIT_EXTENSIONS:
-        image = np.rint(image / 257.0).astype(np.uint8)
-    try:
-        ok, encoded = cv2.imencode(extension, image)
-    except cv2.error as e:
-        raise ImageError(f"cannot encode as {extension}: {str(e).strip().splitlines()[-1]}") from e
-    if not ok:
-        raise ImageError(f"cannot encode as {extension}")
-    return encoded.tobytes()
+        return float(check_weight(float(text), "the weight"))
+    except (ValueError, InputError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def parse_args(argv):
@@ -121,98 +143,185 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--outdir", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--model", required=True, type=Path, help=".pth/.pt, .onnx or .plan/.engine/.trt")
-    p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's extension")
+    p.add_argument("--model", required=True, type=Path,
+                   help=", ".join(f"{'/'.join(s.suffixes)} ({s.name})" for s in BACKENDS.values()))
+    p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's suffix")
     p.add_argument("--device", help="torch: cpu, cuda, cuda:1; tensorrt: GPU index")
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
                    help="torch on CUDA: fp16 autocast (quantizer and IFT statistics stay fp32)")
     p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch or onnxruntime")
-    p.add_argument("--w-texture", type=float, default=1.0, help="texture weight (default 1.0)")
-    p.add_argument("--w-style", type=float, default=1.0, help="style weight (default 1.0)")
-    p.add_argument("--batch", type=int, default=1, help="same-size images per model call (default 1)")
-    p.add_argument("--tile", type=int, help="tile images larger than this (0: never; default: only beyond the "
-                                            "backend's limits or memory budget)")
-    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch or onnxruntime (>= 1)")
+    p.add_argument("--w-texture", type=weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
+    p.add_argument("--w-style", type=weight, default=1.0, help="style weight, 0..4 (default 1.0)")
+    p.add_argument("--batch", type=positive_int, default=1, help="same-size images per model call (default 1)")
+    p.add_argument("--tile", type=non_negative_int, help="tile images larger than this (0: never; default: only "
+                                                         "beyond the backend's limits or memory budget)")
+    p.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-format", action="store_true", help="write the input's format instead of PNG")
     return p.parse_args(argv)
 
 
 def backend_options(args, backend: str) -> dict:
-    given = {k: getattr(args, k) for k in ("device", "precision", "providers", "threads") if getattr(args, k)}
-    unused = sorted(set(given) - set(BACKEND_OPTIONS[backend]))
+    given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k)}
+    unused = sorted(set(given) - set(BACKENDS[backend].options))
     if unused:
-        raise ValueError(f"--{', --'.join(unused)} do(es) not apply to the {backend} backend")
+        flags = ", ".join(OPTION_FLAGS[k] for k in unused)
+        takes = ", ".join(s.name for s in BACKENDS.values() if set(unused) <= set(s.options)) or "no backend here"
+        hint = (" (the precision of an .onnx graph or an engine is fixed when it is made: python -m export.precision)"
+                if "precision" in unused else "")
+        raise InputError(f"{flags} do(es) not apply to the {backend} backend; it applies to: {takes}{hint}")
     if backend == "tensorrt" and "device" in given:
         given["device"] = int(given["device"].removeprefix("cuda:").removeprefix("cuda") or 0)
     return given
 
 
-def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, failures: list) -> int:
-    """Read, enhance and write, ``--batch`` files at a time; returns how many were written."""
-    written = 0
+def check_outdir(outdir: Path) -> None:
+    """A path that is a file, or lies below one, fails here, before anything is read or loaded."""
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"-o {outdir} is a file, not a folder; name a folder for the outputs")
+    existing = next(p for p in (outdir, *outdir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"-o {outdir}: {existing} is a file, so no folder can be made below it")
+
+
+def prepare_outdir(outdir: Path) -> None:
+    """Create the output folder (once there is something to write), before the model loads."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"-o {outdir}: cannot create the output folder ({e.strerror or e})") from e
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise InputError(f"-o {outdir}: the output folder is not writable")
+
+
+def describe_tiling(enhancer: Enhancer, image, source: Path) -> str | None:
+    """A note for an image that is run in tiles, with why; None for one run whole."""
+    h, w = image.shape[:2]
+    patches = enhancer.plan(0, h, w)
+    if len(patches) == 1:
+        return None
+    th, tw = patches[0].h, patches[0].w
+    why = (f"above --tile {enhancer.tile}" if enhancer.tile else
+           f"above {enhancer.max_pixels:,} pixels per model call (the memory budget; --tile 0 runs it whole)")
+    return f"{source.name}: {w}x{h} is enhanced in {len(patches)} tiles of {tw}x{th} ({why}); tiles only approximate " \
+           "the whole-image result (the IFT statistics are global)"
+
+
+def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, run: Run) -> None:
+    """Read, enhance and write, ``--batch`` files at a time, updating ``run`` as it goes."""
+    claimed: dict[Path, Path] = {}  # output -> the input written there in this run
     with tqdm(total=len(jobs), unit="img", desc="enhancing", file=sys.stderr) as bar:
         for start in range(0, len(jobs), args.batch):
             chunk, images = [], []
             for job in jobs[start:start + args.batch]:
+                if job.target.resolve() in claimed:
+                    run.problems.append((str(job.source), f"output {job.target.name} was already written from "
+                                                          f"{claimed[job.target.resolve()]}; rename one of them"))
+                    bar.update(1)
+                    continue
                 try:
                     images.append(read_image(job.source))
                     chunk.append(job)
                 except ImageError as e:
-                    failures.append((str(job.source), str(e)))
+                    run.problems.append((str(job.source), str(e)))
                     bar.update(1)
-            try:
-                outputs = enhancer.enhance_batch(images, args.w_texture, args.w_style)
-            except ENHANCE_ERRORS:  # one odd image (e.g. two channels) fails the chunk: go one by one
-                outputs = []
-                for image in images:
-                    try:
-                        outputs.append(enhancer.enhance(image, args.w_texture, args.w_style))
-                    except ENHANCE_ERRORS as e:
-                        outputs.append(e)
+            for job, image in zip(chunk, images):
+                note = describe_tiling(enhancer, image, job.source)
+                if note:
+                    tqdm.write(note, file=sys.stderr)
+            outputs = enhance_chunk(enhancer, chunk, images, args, run)
             for job, output in zip(chunk, outputs):
                 try:
                     if isinstance(output, Exception):
                         raise ImageError(f"cannot enhance: {output}")
+                    if job.target.resolve() in claimed:
+                        raise ImageError(f"output {job.target.name} was already written from "
+                                         f"{claimed[job.target.resolve()]}; rename one of them")
                     write_bytes_atomically(job.target, encode_image(output, job.target.suffix))
-                    written += 1
+                    claimed[job.target.resolve()] = job.source
+                    run.written += 1
                 except (ImageError, OSError) as e:
-                    failures.append((str(job.source), str(e)))
+                    run.problems.append((str(job.source), str(e)))
                 bar.update(1)
-    return written
+
+
+def enhance_chunk(enhancer: Enhancer, chunk: list[Job], images: list, args, run: Run) -> list:
+    """The enhanced images of one chunk (an exception in place of each that failed); progress per tile for tiled
+    ones; warnings (clipped float values) become notes on the chunk's files."""
+    if not images:
+        return []
+    with tqdm(unit="tile", desc="tiles", file=sys.stderr, leave=False, disable=None) as tiles, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ClippedInputWarning)
+
+        def progress(done: int, total: int) -> None:
+            if total > len(images):  # only tiled images have more patches than images
+                tiles.total = total
+                tiles.update(done - tiles.n)
+
+        try:
+            outputs = enhancer.enhance_batch(images, args.w_texture, args.w_style, progress=progress)
+        except ENHANCE_ERRORS:  # one odd image (e.g. float64) fails the chunk: go one by one
+            outputs = []
+            for image in images:
+                try:
+                    outputs.append(enhancer.enhance(image, args.w_texture, args.w_style))
+                except ENHANCE_ERRORS as e:
+                    outputs.append(e)
+    names = ", ".join(str(job.source) for job in chunk)
+    run.notes += [(names, str(w.message)) for w in caught if issubclass(w.category, ClippedInputWarning)]
+    return outputs
+
+
+def report(run: Run, outdir: Path) -> None:
+    print(f"wrote {run.written} of {run.inputs} image(s) to {outdir}")
+    for title, rows in (("note(s)", run.notes), ("skipped folder entr(ies)", run.skipped), ("problem(s)", run.problems)):
+        if rows:
+            print(f"{len(rows)} {title}:", file=sys.stderr)
+            for source, reason in rows:
+                print(f"  {source}: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.batch < 1:
-        print("error: --batch must be >= 1", file=sys.stderr)
+    run = Run()
+    try:
+        if not args.model.exists():
+            raise InputError(f"model not found: {args.model}")
+        spec = choose_backend(args.model, args.backend)
+        options = backend_options(args, spec.name)
+        check_outdir(args.outdir)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    inputs, failures = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs, run)
+    run.inputs = len(inputs)
     if not inputs:
-        listing = "; ".join(f"{spec}: {why}" for spec, why in failures)
+        listing = "; ".join(f"{spec}: {why}" for spec, why in run.problems + run.skipped)
         print(f"error: no input images ({listing})", file=sys.stderr)
         return EXIT_USAGE
-    jobs, refused = plan_jobs(inputs, args.outdir, args.keep_format, args.overwrite)
-    failures += refused
-    written = 0
+    try:
+        prepare_outdir(args.outdir)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    jobs = plan_jobs(inputs, args.outdir, args.keep_format, args.overwrite, run)
     if jobs:  # nothing to load when every input was refused
         try:
-            backend = backend_for(args.model, args.backend)
-            enhancer = Enhancer(args.model, backend, batch=args.batch, tile=args.tile, overlap=args.overlap,
-                                **backend_options(args, backend))
-        except (BackendError, CheckpointError, ValueError, OSError) as e:
+            enhancer = Enhancer(args.model, spec.name, batch=args.batch, tile=args.tile, overlap=args.overlap, **options)
+        except (ToolkitError, ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         with enhancer:
             info = enhancer.info
             print(f"{len(jobs)} image(s) -> {args.outdir} with {info.name} on {info.device} ({info.precision})",
                   file=sys.stderr)
-            written = enhance_jobs(enhancer, jobs, args, failures)
-    print(f"wrote {written} of {len(inputs)} image(s) to {args.outdir}")
-    if failures:
-        print(f"{len(failures)} problem(s):", file=sys.stderr)
-        for source, reason in failures:
-            print(f"  {source}: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+            try:
+                enhance_jobs(enhancer, jobs, args, run)
+            except KeyboardInterrupt:
+                report(run, args.outdir)
+                print(f"interrupted: {run.written} written, the rest not started (no partial files)", file=sys.stderr)
+                return EXIT_INTERRUPTED
+    report(run, args.outdir)
+    return EXIT_PARTIAL if run.problems else EXIT_OK

@@ -4,9 +4,9 @@ Backends see only float32 RGB batches [N,3,H,W] in [0,1]; everything about real 
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,15 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend
+from contract.errors import InputError
+from contract.graph import check_weight
 
-BACKENDS = {
-    "torch": ("runtime.torch_backend", "TorchBackend"),
-    "onnxruntime": ("runtime.onnxruntime_backend", "OnnxRuntimeBackend"),
-    "tensorrt": ("runtime.tensorrt_backend", "TensorRTBackend"),
-}
-EXTENSIONS = {".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime",
-              ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt"}
+from .backend import Backend, BackendError
+from .registry import choose_backend
 
 # Tile overlap, from benchmarks/tiling.py on the golden checkpoint: 0 -> 32 px gains ~1.9 dB against the
 # whole-image result, 32 -> 48 or 64 px under 0.05 dB; the tile size matters far more.
@@ -37,22 +33,18 @@ SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.f
 
 
 def backend_for(model_path: str | os.PathLike, backend: str | None = None) -> str:
-    """The backend name: ``backend`` when given, else from the model file's extension."""
-    if backend is not None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
-        return backend
-    suffix = Path(model_path).suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise ValueError(f"cannot tell the backend from the extension of {model_path} ({suffix or 'none'}); "
-                         f"known: {', '.join(sorted(EXTENSIONS))}; or pass backend= one of {sorted(BACKENDS)}")
-    return EXTENSIONS[suffix]
+    """The backend name for ``model_path`` (``backend`` when given, else from the suffix), checked against what
+    the file really is; InputError otherwise."""
+    return choose_backend(model_path, backend).name
 
 
 def create_backend(model_path, backend: str | None = None, **options) -> Backend:
     """Instantiate (not load) the backend for ``model_path``; its module is imported only now."""
-    module, cls = BACKENDS[backend_for(model_path, backend)]
-    return getattr(importlib.import_module(module), cls)(model_path, **options)
+    return choose_backend(model_path, backend).load_class()(model_path, **options)
+
+
+class ClippedInputWarning(UserWarning):
+    """Float input values outside [0, 1] were clipped (e.g. a float TIFF with highlights above 1)."""
 
 
 @dataclass
@@ -60,38 +52,75 @@ class Layout:
     """What is needed to give the model's RGB output the caller's form back."""
 
     dtype: np.dtype
-    shape: tuple  # the input's shape: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+    shape: tuple  # the input's shape: (H, W), (H, W, 1), (H, W, 2) gray + alpha, (H, W, 3) or (H, W, 4)
     bgr: bool
     alpha: np.ndarray | None = None
+    pil_mode: str | None = None  # the mode of a PIL image given in; the result is a PIL image of that mode
 
 
-def to_model_input(image: np.ndarray, channel_order: str = "bgr") -> tuple[np.ndarray, Layout]:
-    """An HxW, HxWx1, HxWx3 or HxWx4 image (uint8, uint16 or float32 in [0,1]) -> float32 RGB [3,H,W] in [0,1]."""
+def pil_to_array(image) -> tuple[np.ndarray, str]:
+    """A PIL image -> (array in RGB order, its mode). Palette, CMYK and other modes are expanded to RGB(A)."""
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
+        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+    return np.asarray(image), image.mode
+
+
+def is_pil_image(image) -> bool:
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "mode") and hasattr(image, "getexif")
+
+
+def to_model_input(image, channel_order: str = "bgr") -> tuple[np.ndarray, Layout]:
+    """An HxW, HxWx1, HxWx2 (gray + alpha), HxWx3 or HxWx4 image (uint8, uint16 or float32 in [0,1]), or a PIL
+    image (RGB) -> float32 RGB [3,H,W] in [0,1]. Float values outside [0,1] are clipped with a
+    ClippedInputWarning; NaN or infinite values are refused."""
+    pil_mode = None
+    if is_pil_image(image):
+        image, pil_mode = pil_to_array(image)
+        channel_order = "rgb"
     image = np.asarray(image)
     if image.dtype not in SCALES:
         raise TypeError(f"image dtype must be uint8, uint16 or float32 in [0,1], got {image.dtype}")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"image must be HxW (gray), HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"image must be HxW (gray), HxWx1, HxWx2 (gray + alpha), HxWx3 or HxWx4, got shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty: shape {image.shape}")
-    layout = Layout(image.dtype, image.shape, channel_order == "bgr")
-    if image.ndim == 3 and image.shape[2] == 4:
-        layout.alpha = image[..., 3].copy()
-    if image.ndim == 2 or image.shape[2] == 1:
-        color = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
+    layout = Layout(image.dtype, image.shape, channel_order == "bgr", pil_mode=pil_mode)
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        layout.alpha = image[..., -1].copy()
+    if image.ndim == 2 or image.shape[2] <= 2:
+        gray = image if image.ndim == 2 else image[..., 0]
+        color = np.repeat(gray[..., None], 3, axis=2)
     else:
         color = image[..., :3][..., ::-1] if layout.bgr else image[..., :3]
     rgb = color.transpose(2, 0, 1).astype(np.float32)
     if SCALES[image.dtype] != 1.0:
         rgb /= np.float32(SCALES[image.dtype])
+    else:
+        rgb = clip_float_input(rgb)
     return np.ascontiguousarray(rgb), layout
 
 
-def from_model_output(rgb: np.ndarray, layout: Layout) -> np.ndarray:
-    """float32 RGB [3,H,W] in [0,1] -> an image of the input's dtype, channels and channel order."""
+def clip_float_input(rgb: np.ndarray) -> np.ndarray:
+    if not np.isfinite(rgb).all():
+        raise ValueError(f"image has {int((~np.isfinite(rgb)).sum())} NaN or infinite values; float images must be "
+                         "finite, in [0,1]")
+    low, high = float(rgb.min()), float(rgb.max())
+    if low < 0.0 or high > 1.0:
+        outside = float(((rgb < 0) | (rgb > 1)).mean())
+        warnings.warn(f"float image values span [{low:.4g}, {high:.4g}]; {100 * outside:.2f}% outside [0,1] were "
+                      "clipped (the model takes [0,1]; scale HDR data down first to keep highlights)",
+                      ClippedInputWarning, stacklevel=3)
+        rgb = np.clip(rgb, 0.0, 1.0)
+    return rgb
+
+
+def from_model_output(rgb: np.ndarray, layout: Layout):
+    """float32 RGB [3,H,W] in [0,1] -> an image of the input's dtype, channels and channel order (and a PIL image
+    of the input's mode for a PIL input)."""
     pixels = rgb.transpose(1, 2, 0)
-    if len(layout.shape) == 2 or layout.shape[2] == 1:
-        pixels = (pixels @ LUMA).reshape(layout.shape[:2] + layout.shape[2:])
+    gray = len(layout.shape) == 2 or layout.shape[2] <= 2
+    if gray:
+        pixels = pixels @ LUMA
     elif layout.bgr:
         pixels = pixels[..., ::-1]
     scale = SCALES[layout.dtype]
@@ -100,7 +129,18 @@ def from_model_output(rgb: np.ndarray, layout: Layout) -> np.ndarray:
     out = pixels.astype(layout.dtype)
     if layout.alpha is not None:
         out = np.dstack([out, layout.alpha])
-    return np.ascontiguousarray(out)
+    elif gray and len(layout.shape) == 3:
+        out = out[..., None]
+    out = np.ascontiguousarray(out)
+    if layout.pil_mode is not None:
+        return array_to_pil(out)
+    return out
+
+
+def array_to_pil(array: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(array)  # the mode follows from the shape and dtype: L, LA, RGB, RGBA, I;16, F
 
 
 def pad_friendly(limit: int) -> int:
@@ -155,11 +195,12 @@ def plan_patches(index: int, h: int, w: int, tile: tuple[int, int] | None, overl
 
 
 def per_image(value, count: int, name: str) -> np.ndarray:
-    values = np.asarray(value, dtype=np.float32)
+    """An IFT weight (one number, or one per image) as float32 [count]; InputError outside contract.WEIGHT_RANGE."""
+    values = check_weight(value, name)
     if values.ndim == 0:
         return np.full(count, values, dtype=np.float32)
     if values.shape != (count,):
-        raise ValueError(f"{name} must be a float or one value per image ({count}), got shape {values.shape}")
+        raise InputError(f"{name} must be a float or one value per image ({count}), got shape {values.shape}")
     return values
 
 
@@ -225,13 +266,15 @@ class Enhancer:
         overlap = min(self.overlap, (min(tile) - 1) // 2) if tile else 0
         return plan_patches(index, h, w, tile, overlap)
 
-    def enhance(self, image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0) -> np.ndarray:
-        """One image -> the enhanced image, of the same shape and dtype (gray stays gray, alpha is kept)."""
-        return self.enhance_batch([image], w_texture, w_style)[0]
+    def enhance(self, image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0, *, progress=None) -> np.ndarray:
+        """One image -> the enhanced image, of the same shape and dtype (gray stays gray, alpha is kept); a PIL
+        image gives a PIL image. ``progress`` as in ``enhance_batch``."""
+        return self.enhance_batch([image], w_texture, w_style, progress=progress)[0]
 
-    def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0) -> list[np.ndarray]:
+    def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0, *, progress=None) -> list[np.ndarray]:
         """Several images (any sizes); weights are floats or one per image. Same-size images and tiles are run
-        together, ``batch`` at a time."""
+        together, ``batch`` at a time. ``progress(done, total)``, if given, is called after each backend call with
+        the number of patches (whole images or tiles) done so far."""
         w_texture = per_image(w_texture, len(images), "w_texture")
         w_style = per_image(w_style, len(images), "w_style")
         converted = [to_model_input(image, self.channel_order) for image in images]
@@ -239,7 +282,9 @@ class Enhancer:
         patches = [p for i, x in enumerate(inputs) for p in self.plan(i, *x.shape[1:])]
         outputs: list[np.ndarray | None] = [None] * len(inputs)
         blends = {}  # image -> (weighted sum [3,H,W], weight sum [H,W]) of its tiles
-        for patch, out in self._infer_patches(inputs, patches, w_texture, w_style):
+        for done, (patch, out) in enumerate(self._infer_patches(inputs, patches, w_texture, w_style), 1):
+            if progress is not None:
+                progress(done, len(patches))
             if patch.weight is None:
                 outputs[patch.image] = out
                 continue
@@ -268,10 +313,15 @@ class Enhancer:
                 yield from zip(chunk, self._run(batch, w_texture[index], w_style[index]))
 
     def _run(self, batch: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> np.ndarray:
-        """Backend call; inputs below the backend's smallest shape are mirror-padded to it and cropped back."""
+        """Backend call; inputs below the backend's smallest shape are mirror-padded to it and cropped back.
+        A result with NaN or infinite values is an error, never an image."""
         h, w = batch.shape[2:]
         min_h, min_w = self.info.min_hw
         if h < min_h or w < min_w:
-            padded = np.pad(batch, ((0, 0), (0, 0), (0, max(min_h - h, 0)), (0, max(min_w - w, 0))), mode="symmetric")
-            return self.backend.infer(np.ascontiguousarray(padded), w_texture, w_style).enhanced[:, :, :h, :w]
-        return self.backend.infer(batch, w_texture, w_style).enhanced
+            batch = np.ascontiguousarray(np.pad(
+                batch, ((0, 0), (0, 0), (0, max(min_h - h, 0)), (0, max(min_w - w, 0))), mode="symmetric"))
+        out = self.backend.infer(batch, w_texture, w_style).enhanced[:, :, :h, :w]
+        if not np.isfinite(out).all():
+            raise BackendError(f"{self.info.name} ({self.info.precision}) returned NaN or infinite values for a "
+                               f"{h}x{w} input; nothing was written for it")
+        return out

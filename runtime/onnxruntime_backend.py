@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.graph import FP16_MIXED, FP32, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED
+
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
 # Short names accepted for the execution providers, and the order "auto" tries them in.
@@ -16,7 +18,6 @@ PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-INPUT_NAMES = ("image", "w_texture", "w_style")
 # ONNX Runtime's type strings for the tensor types the graph may declare at its inputs and outputs.
 ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -49,6 +50,30 @@ def resolve_providers(requested: str | list | tuple | None, available: list[str]
     return names
 
 
+def make_session(model, *, threads: int | None = None, providers=("CPUExecutionProvider",), provider_options=None,
+                 inter_op_threads: int | None = None, in_node_order: bool = False, arena: bool = True, quiet: bool = False):
+    """The one ONNX Runtime session factory (runtime backend, export verification and calibration, benchmarks).
+
+    ``model``: a path or serialized bytes. ``threads``/``inter_op_threads``: ORT's thread pools (None or 0: its
+    default). ``in_node_order``: run nodes in the graph's own order (calibration probes free activations early).
+    ``arena``: ORT's CPU memory arena (off trades some speed for less peak RSS). ``quiet``: errors only in the log.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = inter_op_threads or 0
+    options.enable_cpu_mem_arena = arena
+    if in_node_order:
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if quiet:
+        options.log_severity_level = 3  # reused-buffer shape warnings are noise in measurements
+    source = str(model) if isinstance(model, (str, os.PathLike)) else model
+    providers = list(providers)
+    return ort.InferenceSession(source, sess_options=options, providers=providers,
+                                provider_options=[(provider_options or {}).get(p, {}) for p in providers])
+
+
 def dim_limit(dim) -> int | None:
     """A static dimension of the graph's input, or None where it is symbolic (dynamic)."""
     return dim if isinstance(dim, int) and dim > 0 else None
@@ -79,32 +104,27 @@ class OnnxRuntimeBackend(BackendBase):
         if not self.model_path.is_file():
             raise BackendError(f"onnxruntime: model not found: {self.model_path}")
         providers = resolve_providers(self.requested_providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or 0
-        options.inter_op_num_threads = self.inter_op_threads or 0
         try:
-            self.session = ort.InferenceSession(
-                str(self.model_path), sess_options=options, providers=providers,
-                provider_options=[self.provider_options.get(p, {}) for p in providers],
-            )
+            self.session = make_session(self.model_path, threads=self.threads, providers=providers,
+                                        provider_options=self.provider_options, inter_op_threads=self.inter_op_threads)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types, all with the useful text
             raise BackendError(f"onnxruntime: cannot load {self.model_path}: {e}") from e
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if set(INPUT_NAMES) - set(self.inputs) or "enhanced" not in outputs:
+        if set(INPUT_NAMES) - set(self.inputs) or OUTPUT_ENHANCED not in outputs:
             raise BackendError(
                 f"onnxruntime: {self.model_path} does not follow the CodeEnhance graph contract: expected inputs "
-                f"{list(INPUT_NAMES)} and an output 'enhanced', found inputs {list(self.inputs)}, outputs {outputs}; "
+                f"{list(INPUT_NAMES)} and an output {OUTPUT_ENHANCED!r}, found inputs {list(self.inputs)}, outputs {outputs}; "
                 "export it with python -m export.onnx"
             )
-        self.output_names = ["enhanced"] + (["codes"] if "codes" in outputs else [])
+        self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
         feed = {}
         for name, value in zip(INPUT_NAMES, (images, w_texture, w_style)):
             feed[name] = value.astype(ORT_TYPES.get(self.inputs[name].type, np.float32), copy=False)
         results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
-        return InferResult(enhanced=results["enhanced"].astype(np.float32, copy=False), codes=results.get("codes"))
+        return InferResult(enhanced=results[OUTPUT_ENHANCED].astype(np.float32, copy=False), codes=results.get(OUTPUT_CODES))
 
     def _describe(self) -> BackendInfo:
         n, _, h, w = self.inputs["image"].shape
@@ -114,7 +134,7 @@ class OnnxRuntimeBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=self.session.get_providers()[0],
-            precision=metadata.get("precision", "fp16" if image_type == "tensor(float16)" else "fp32"),
+            precision=metadata.get(META_PRECISION, FP16_MIXED if image_type == "tensor(float16)" else FP32),
             # A static H or W in the graph is both its minimum and its maximum.
             min_hw=(static_hw[0] or 1, static_hw[1] or 1),
             max_hw=None if static_hw == (None, None) else (static_hw[0] or 1 << 30, static_hw[1] or 1 << 30),

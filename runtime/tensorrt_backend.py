@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.trt_sidecar import GpuInfo, StaleEngineError, check_sidecar, detect_gpu
+from contract import optional
+from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.engine_sidecar import GpuInfo, StaleEngineError, check_sidecar, detect_gpu
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
-INSTALL_HINT = 'pip install "codeenhance-deploy[tensorrt]" (TensorRT and cuda-python; needs an NVIDIA GPU and driver)'
-FEED_NAMES = ("image", "w_texture", "w_style")
 
 # TensorRT DataType member name -> numpy dtype of the host array that is copied in or out.
 NUMPY_DTYPES = {
@@ -88,23 +88,16 @@ class DeviceBuffers:
 
 def import_tensorrt():
     try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendError(f"tensorrt: TensorRT is not installed ({e}); install it with {INSTALL_HINT}") from e
-    return tensorrt
+        return optional.import_tensorrt()
+    except optional.MissingDependency as e:
+        raise BackendError(f"tensorrt: {e}") from e
 
 
 def import_cudart():
     try:
-        from cuda.bindings import (
-            runtime as cudart,  # cuda-python >= 12.6 (the only form from 13.0 on)
-        )
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as e:
-            raise BackendError(f"tensorrt: cuda-python is not installed ({e}); install it with {INSTALL_HINT}") from e
-    return cudart
+        return optional.import_cudart()
+    except optional.MissingDependency as e:
+        raise BackendError(f"tensorrt: {e}") from e
 
 
 def cuda_check(result):
@@ -170,15 +163,15 @@ class TensorRTBackend(BackendBase):
         self.dtypes = {n: numpy_dtype(self.engine.get_tensor_dtype(n)) for n in names}
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
-        unknown = sorted(set(self.input_names) - set(FEED_NAMES))
-        if "image" not in self.input_names or unknown or "enhanced" not in self.output_names:
+        unknown = sorted(set(self.input_names) - set(INPUT_NAMES))
+        if INPUT_IMAGE not in self.input_names or unknown or OUTPUT_ENHANCED not in self.output_names:
             raise BackendError(
                 f"tensorrt: {self.engine_path} does not follow the CodeEnhance graph contract (inputs among "
-                f"{list(FEED_NAMES)} with 'image', output 'enhanced'); it has inputs {self.input_names}, outputs "
+                f"{list(INPUT_NAMES)} with 'image', output 'enhanced'); it has inputs {self.input_names}, outputs "
                 f"{self.output_names}"
             )
-        self.output_names = [n for n in ("enhanced", "codes") if n in self.output_names]
-        min_shape, _opt, max_shape = self.engine.get_tensor_profile_shape("image", 0)
+        self.output_names = [n for n in (OUTPUT_ENHANCED, OUTPUT_CODES) if n in self.output_names]
+        min_shape, _opt, max_shape = self.engine.get_tensor_profile_shape(INPUT_IMAGE, 0)
         self.limits = profile_limits(min_shape, max_shape)
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
@@ -186,7 +179,7 @@ class TensorRTBackend(BackendBase):
         n = images.shape[0]
         # A profile may start above batch 1: repeat the last image to its minimum and drop the extras after.
         pad = max(self.limits["min_batch"] - n, 0)
-        feeds = {"image": images, "w_texture": w_texture, "w_style": w_style}
+        feeds = dict(zip(INPUT_NAMES, (images, w_texture, w_style)))
         hosts = {}  # kept referenced until the stream is synchronized
         for name in self.input_names:
             value = feeds[name]
@@ -211,8 +204,8 @@ class TensorRTBackend(BackendBase):
             cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, address, host.nbytes,
                                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
         cuda_check(cudart.cudaStreamSynchronize(self.stream))
-        codes = hosts["codes"][:n] if "codes" in hosts else None
-        return InferResult(enhanced=hosts["enhanced"][:n].astype(np.float32, copy=False), codes=codes)
+        codes = hosts[OUTPUT_CODES][:n] if OUTPUT_CODES in hosts else None
+        return InferResult(enhanced=hosts[OUTPUT_ENHANCED][:n].astype(np.float32, copy=False), codes=codes)
 
     def _describe(self) -> BackendInfo:
         sidecar = self.sidecar or {}

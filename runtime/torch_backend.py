@@ -73,7 +73,10 @@ class TorchBackend(BackendBase):
         super().__init__()
         if precision not in PRECISIONS:
             raise BackendError(f"torch: precision must be one of {PRECISIONS}, got {precision!r}")
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise BackendError(f"torch: {device!r} is not a device; use cpu, cuda or cuda:N") from e
         if precision == "fp16" and self.device.type != "cuda":
             raise BackendError(f"torch: fp16 autocast needs a CUDA device, got {device!r}; use precision='fp32' on CPU")
         if self.device.type == "cuda" and not torch.cuda.is_available():

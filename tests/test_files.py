@@ -1,11 +1,11 @@
-"""codeenhance.files: the one temp-file-and-rename writer and the file hash every package uses."""
+"""contract.files: the one temp-file-and-rename writer and the file hash every package uses."""
 import hashlib
 import os
 import stat
 
 import pytest
 
-from codeenhance.files import AtomicOutput, file_sha256, write_bytes_atomically
+from contract.files import AtomicOutput, file_sha256, write_bytes_atomically
 
 
 def leftovers(folder) -> list[str]:

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.runtime_fidelity import compare_backends, load_photo
+from contract.errors import InputError
+
+from benchmarks.harness.inputs import load_photo
+from benchmarks.runtime_fidelity import compare_backends
 from export.fidelity import psnr
 from runtime import (
     BackendError,
@@ -78,6 +81,9 @@ def test_backend_choice_errors_name_the_options():
 def test_torch_backend_reports_a_bad_checkpoint(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
+    with pytest.raises(InputError, match="bad.pth is a text file, not a torch checkpoint"):
+        Enhancer(bad)
+    bad.write_bytes(b"\x80\x02 a truncated pickle")
     with pytest.raises(BackendError, match="torch: .*bad.pth"):
         Enhancer(bad)
     with pytest.raises(BackendError, match="fp16 autocast needs a CUDA device"):
@@ -226,7 +232,7 @@ def test_sixteen_bit_and_channel_order(tiny):
 
 
 @pytest.mark.parametrize("image, error", [
-    (np.zeros((8, 8, 3), np.int32), TypeError), (np.zeros((8, 8, 2), np.uint8), ValueError),
+    (np.zeros((8, 8, 3), np.int32), TypeError), (np.zeros((8, 8, 5), np.uint8), ValueError),
     (np.zeros((0, 8, 3), np.uint8), ValueError), (np.zeros((2, 8, 8, 3), np.uint8), ValueError),
 ])
 def test_unsupported_images_are_refused(tiny, image, error):

@@ -125,7 +125,7 @@ def test_two_inputs_with_one_output_name(inputs, tmp_path, tiny_ckpt, capsys):
     write(tmp_path / "other" / "odd.jpg", pixels((8, 8, 3)))
     rc, stdout, err = run(capsys, inputs / "odd.png", tmp_path / "other" / "odd.jpg", "-o", tmp_path / "out2",
                           "--model", tiny_ckpt)
-    assert rc == EXIT_FAILED and "also the output of" in err and "wrote 1 of 2" in stdout
+    assert rc == EXIT_FAILED and "was already written from" in err and "wrote 1 of 2" in stdout
 
 
 def test_nothing_to_do_and_bad_models_are_usage_errors(tmp_path, tiny_ckpt, capsys):
@@ -137,7 +137,10 @@ def test_nothing_to_do_and_bad_models_are_usage_errors(tmp_path, tiny_ckpt, caps
     rc, _, err = run(capsys, image, "-o", tmp_path / "out", "--model", tmp_path / "missing.onnx")
     assert rc == EXIT_USAGE and "model not found" in err
     rc, _, err = run(capsys, image, "-o", tmp_path / "out", "--model", tmp_path / "model.bin")
-    assert rc == EXIT_USAGE and "cannot tell the backend" in err
+    assert rc == EXIT_USAGE and "model not found" in err
+    (tmp_path / "model.bin").write_bytes(tiny_ckpt.read_bytes())
+    rc, _, err = run(capsys, image, "-o", tmp_path / "out", "--model", tmp_path / "model.bin")
+    assert rc == EXIT_USAGE and "cannot tell the backend" in err and "it is a torch checkpoint: name it model.pth" in err
     rc, _, err = run(capsys, image, "-o", tmp_path / "out", "--model", tiny_ckpt, "--providers", "cuda")
     assert rc == EXIT_USAGE and "--providers do(es) not apply to the torch backend" in err
     assert not (tmp_path / "out").exists()

@@ -12,17 +12,19 @@ import hashlib
 import time
 from pathlib import Path
 
+from contract.errors import ToolkitError
+from contract.files import file_sha256
+
 OPTIONS = {"checkpoint": "--ckpt", "onnx": "--onnx", "onnx_fp16": "--onnx-fp16", "engine": "--engine"}
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(ToolkitError):
     """An artifact could not be made; the backends that need it are reported with this reason."""
 
 
 def file_key(path: Path, length: int = 10) -> str:
-    from codeenhance.files import update_digest  # here: codeenhance imports torch, which workers must not load
-
-    return update_digest(hashlib.sha1(), path).hexdigest()[:length]
+    """The start of the file's sha256, the hash every artifact key and sidecar uses."""
+    return file_sha256(path)[:length]
 
 
 class Artifacts:
@@ -111,7 +113,7 @@ class Artifacts:
         from export.precision import convert_file, converter_version
 
         source = self.get("onnx")
-        tools = hashlib.sha1(f"{exporter_fingerprint()} {converter_version()}".encode()).hexdigest()[:10]
+        tools = hashlib.sha256(f"{exporter_fingerprint()} {converter_version()}".encode()).hexdigest()[:10]
         path = self._out(f"{source.stem}-{file_key(source)}-{tools}-fp16.onnx")
         if not self._reuse(path, "FP16 graph (export.precision)"):
             convert_file(source, path, threads=self.threads, overwrite=True,
@@ -123,7 +125,7 @@ class Artifacts:
         """A TensorRT engine from the FP16 graph, its profile covering the benchmark sizes and batch."""
         from export.tensorrt import EngineBuilder, import_tensorrt
         from export.trt_plan import BuildPlan, ShapeProfile
-        from export.trt_sidecar import detect_gpu
+        from contract.engine_sidecar import detect_gpu
 
         source = self.get("onnx_fp16")
         areas = sorted(self.sizes, key=lambda hw: hw[0] * hw[1])

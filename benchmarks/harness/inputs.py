@@ -6,12 +6,23 @@ the ones the FP16 calibration uses.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from export.fidelity import list_images, load_rgb, synthetic_lowlight
+from contract.images import read_image
+from export.fidelity import fit_max_side, list_images, load_rgb, synthetic_lowlight
+
+SHARED = Path(os.environ.get("CODEENHANCE_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+PHOTO_DIR = SHARED / "data" / "lowlight"
+
+
+def load_photo(path: Path, longest: int | None) -> np.ndarray:
+    """The photo as the CLI reads it (contract.images), downscaled (INTER_AREA) so its longest side is at most
+    ``longest``."""
+    return fit_max_side(read_image(path), longest)
 
 
 def fit_to_size(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -4,25 +4,11 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-# Named sizes are H x W, landscape, as video frames are.
-SIZE_ALIASES = {"720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "4k": (2160, 3840)}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x256', '720x1280', '720p' or '1080p' -> (H, W)."""
-    key = text.strip().lower()
-    if key in SIZE_ALIASES:
-        return SIZE_ALIASES[key]
-    try:
-        h, w = (int(v) for v in key.split("x"))
-    except ValueError:
-        raise ValueError(f"size {text!r} is not HxW (e.g. 256x256) or one of {', '.join(SIZE_ALIASES)}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size {text!r} must be positive")
-    return h, w
+from contract.sizes import SIZE_ALIASES, parse_size  # noqa: F401  (re-exported: the harness's size names)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """A comma list of sizes (contract.sizes.parse_size), in order, without repeats."""
     sizes = [parse_size(s) for s in text.split(",") if s.strip()]
     if not sizes:
         raise ValueError("--sizes is empty")

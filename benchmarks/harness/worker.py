@@ -98,11 +98,9 @@ class GpuMemory:
     @staticmethod
     def _device_used() -> int | None:
         try:
-            try:
-                from cuda.bindings import runtime as cudart
-            except ImportError:
-                from cuda import cudart
-            err, free, total = cudart.cudaMemGetInfo()
+            from contract.optional import import_cudart
+
+            err, free, total = import_cudart().cudaMemGetInfo()
             return int(total - free) if int(err) == 0 else None
         except Exception:
             return None

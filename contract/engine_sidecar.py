@@ -20,12 +20,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from codeenhance.files import write_bytes_atomically
+from .errors import ToolkitError
+from .files import write_bytes_atomically
+from .optional import MissingDependency, import_cudart
 
 SIDECAR_SCHEMA = 1
 
 
-class StaleEngineError(RuntimeError):
+class StaleEngineError(ToolkitError):
     """An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell)."""
 
 
@@ -114,13 +116,10 @@ def detect_gpu(device: int = 0) -> GpuInfo | None:
 
 
 def _gpu_from_cuda_python(device: int) -> GpuInfo | None:
-    try:  # cuda-python >= 12.6 ships cuda.bindings; cuda.cudart was removed in 13.0.
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
+    try:
+        cudart = import_cudart()
+    except MissingDependency:
+        return None
     try:
         err, props = cudart.cudaGetDeviceProperties(device)
     except Exception:  # driver missing or broken: treat as "no GPU" rather than crash a dry run

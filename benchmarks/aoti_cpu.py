@@ -1,0 +1,118 @@
+"""The CPU AOTInductor package beside ONNX Runtime fp32 and eager torch: latency and peak memory at one size.
+
+    python benchmarks/aoti_cpu.py --ckpt CKPT --pt2 model.pt2 --onnx model.onnx [--size 256x256] [--repeats 5]
+        [--threads 2]
+
+Latency: the three backends loaded in one process, one warm-up call each, then --repeats rounds that run each
+backend once in turn (alternating, so background load hits them alike); the median per backend is printed.
+Peak memory: a fresh subprocess per backend that imports only what the backend needs, loads, runs one warm-up and
+one call, and reports its peak RSS (ru_maxrss). The package must have a bucket for --size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+BACKENDS = ("aoti", "onnxruntime", "torch")
+
+
+def make_backend(name: str, args):
+    if name == "aoti":
+        from runtime.aoti_backend import AotiBackend
+
+        return AotiBackend(args.pt2, threads=args.threads)
+    if name == "onnxruntime":
+        from runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(args.onnx, threads=args.threads)
+    from runtime.torch_backend import TorchBackend
+
+    return TorchBackend(args.ckpt, threads=args.threads)
+
+
+def inputs(size):
+    h, w = size
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    return x, np.ones(1, np.float32), np.ones(1, np.float32)
+
+
+def timed(backend, feed) -> float:
+    start = time.perf_counter()
+    backend.infer(*feed)
+    return time.perf_counter() - start
+
+
+def peak_rss_child(name: str, args) -> dict:
+    """Run in a fresh process: load, warm-up, one call; peak RSS in MiB."""
+    start = time.perf_counter()
+    backend = make_backend(name, args)
+    backend.load()
+    load_s = time.perf_counter() - start
+    feed = inputs(args.size)
+    timed(backend, feed)
+    call_s = timed(backend, feed)
+    return {"backend": name, "load_s": round(load_s, 2), "call_s": round(call_s, 3),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--pt2", required=True)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--size", type=parse_size, default=(256, 256))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(peak_rss_child(args.child, args)))
+        return 0
+    names = args.backends.split(",")
+    size = f"{args.size[0]}x{args.size[1]}"
+    memory = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name, "--ckpt", args.ckpt, "--pt2", args.pt2, "--onnx", args.onnx,
+               "--size", size, "--threads", str(args.threads)]
+        memory[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    backends = {name: make_backend(name, args) for name in names}
+    feed = inputs(args.size)
+    for b in backends.values():
+        b.load()
+        timed(b, feed)  # warm-up
+    times = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name, b in backends.items():
+            times[name].append(timed(b, feed))
+    ref = statistics.median(times["onnxruntime"]) if "onnxruntime" in times else None
+    print(f"size {size}, batch 1, threads {args.threads}, {args.repeats} alternating rounds")
+    print("| backend | median s | runs | vs ORT | peak RSS MiB (fresh process) | load s |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        med = statistics.median(times[name])
+        ratio = f"{med / ref:.2f}x" if ref else "-"
+        runs = ", ".join(f"{t:.3f}" for t in times[name])
+        print(f"| {name} | {med:.3f} | {runs} | {ratio} | {memory[name]['peak_rss_mib']} | {memory[name]['load_s']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

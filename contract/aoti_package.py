@@ -1,0 +1,147 @@
+"""The metadata inside every AOTInductor package (``.pt2``) that ``python -m export.aoti`` writes, and the rule that
+refuses a stale or foreign package. Torch-free: the package is a zip, read with ``zipfile``.
+
+A compiled package runs only on the device kind it was compiled for (CPU kernels are C++ built for one instruction
+set, CUDA kernels are cubins for one GPU architecture) and on the torch release that compiled it (the wrapper .so
+links against libtorch's ABI; torch itself records no version and only logs a warning on a device mismatch). So the
+facts are written into the package, as ``extra/codeenhance.json`` (the PT2 archive's folder for user files), and a
+runtime checks them before it loads any kernel, the same way ``contract.engine_sidecar`` guards TensorRT engines.
+
+Fields the runtime relies on (keep these names stable): ``kind`` (PACKAGE_KIND), ``schema``, ``torch_version``,
+``device`` ("cpu" or "cuda"), ``cpu_capability`` (CPU packages), ``compute_capability`` (CUDA packages),
+``precision``, ``models`` (name -> {"padded": [Hp, Wp]} for a static bucket, {"padded": null} for the dynamic
+program), ``max_batch``. The rest is documentation (checkpoint sha256, model config, compile times, ...).
+
+Static buckets: a bucket is a *padded* size (Hp, Wp), both multiples of ``pad_multiple``. The model always pads an
+H x W image to ``((H // m) + 1) * m`` (1..m rows added), so a bucket runs exactly the images with
+Hp - m <= H <= Hp - 1 and Wp - m <= W <= Wp - 1; any other size would see a different padded image and give a
+different result, so it is never run in a larger bucket.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+from .errors import ToolkitError
+
+PACKAGE_KIND = "codeenhance-aoti"
+PACKAGE_SCHEMA = 1
+META_NAME = "codeenhance.json"  # written by torch's package_pt2(extra_files=...) under <archive>/extra/
+DYNAMIC_MODEL = "dynamic"
+# The dynamic program keeps torch.export's deferred runtime asserts (export.graph.capture): torch 2.13 guards a
+# layout choice on the token grid, and the compiled program raises "Expected Ne((s6//32), 0)" for a 1x1 input.
+# Measured: 33x150 and 40x64 run, 1x1 does not; both sides >= 32 is the conservative rule.
+DYNAMIC_MIN_SIDE = 32
+REBUILD = "rebuild it with `python -m export.aoti`"
+
+# torch.backends.cpu.get_cpu_capability() values, weakest first: a package built for one runs on the later ones.
+CPU_CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
+
+
+class StalePackageError(ToolkitError):
+    """A package built for another torch, device or checkpoint, or one without our metadata."""
+
+
+def bucket_name(padded_hw: tuple[int, int]) -> str:
+    return f"b{padded_hw[0]}x{padded_hw[1]}"
+
+
+def padded_size(n: int, multiple: int = 32) -> int:
+    """What the model pads a side of n pixels to (codeenhance.padding.padded_size; repeated here, torch-free)."""
+    return (n // multiple + 1) * multiple
+
+
+def bucket_for(meta: dict, h: int, w: int) -> str | None:
+    """The model in the package that runs an H x W input: the bucket whose padded size equals the input's padded
+    size, else the dynamic program if there is one and both sides are >= DYNAMIC_MIN_SIDE, else None."""
+    multiple = int(meta.get("pad_multiple", 32))
+    want = [padded_size(h, multiple), padded_size(w, multiple)]
+    models = meta.get("models", {})
+    for name, spec in models.items():
+        if spec.get("padded") == want:
+            return name
+    if DYNAMIC_MODEL in models and min(h, w) >= DYNAMIC_MIN_SIDE:
+        return DYNAMIC_MODEL
+    return None
+
+
+def describe_buckets(meta: dict) -> str:
+    """'288x288 (inputs 256..287 x 256..287), dynamic (any size)' for messages."""
+    multiple = int(meta.get("pad_multiple", 32))
+    parts = []
+    for name, spec in meta.get("models", {}).items():
+        if spec.get("padded") is None:
+            parts.append(f"dynamic (any size from {DYNAMIC_MIN_SIDE}x{DYNAMIC_MIN_SIDE})")
+        else:
+            hp, wp = spec["padded"]
+            parts.append(f"{hp}x{wp} (inputs {hp - multiple}..{hp - 1} x {wp - multiple}..{wp - 1})")
+    return ", ".join(parts) or "none"
+
+
+def read_package_meta(path: str | os.PathLike) -> dict | None:
+    """The metadata of a package, or None when it has none (not written by export.aoti).
+    Raises StalePackageError when the file is not a readable zip or the metadata is not a JSON object."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("extra/" + META_NAME)]
+            if not names:
+                return None
+            text = archive.read(names[0]).decode()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise StalePackageError(f"{path} is not a readable .pt2 package ({exc}); {REBUILD}") from exc
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise StalePackageError(f"the metadata in {path} is unreadable ({exc}); {REBUILD}") from exc
+    if not isinstance(meta, dict):
+        raise StalePackageError(f"the metadata in {path} is not a JSON object; {REBUILD}")
+    return meta
+
+
+def check_package(
+    path: str | os.PathLike,
+    *,
+    torch_version: str,
+    device: str,
+    cpu_capability: str | None = None,
+    compute_capability: str | None = None,
+    checkpoint_sha256: str | None = None,
+) -> dict:
+    """The package's metadata, checked against this process: ``torch_version`` (torch.__version__ without the
+    local part, e.g. "2.13.0"), ``device`` ("cpu"/"cuda"), the host CPU capability or the GPU's compute
+    capability, and optionally the checkpoint it must come from. Raises StalePackageError naming every mismatch."""
+    meta = read_package_meta(path)
+    if meta is None:
+        raise StalePackageError(
+            f"{path} has no {META_NAME} metadata, so the torch version, device and checkpoint it was compiled for are "
+            f"unknown (a .pt2 from torch.export.save or another tool?); {REBUILD}")
+    if meta.get("kind") != PACKAGE_KIND or meta.get("schema") != PACKAGE_SCHEMA:
+        raise StalePackageError(f"{path} is not a CodeEnhance package of schema {PACKAGE_SCHEMA} (kind "
+                                f"{meta.get('kind')!r}, schema {meta.get('schema')!r}); {REBUILD}")
+    problems = []
+    built_torch = str(meta.get("torch_version", "")).split("+")[0]
+    if built_torch != torch_version.split("+")[0]:
+        problems.append(f"it was compiled with torch {meta.get('torch_version')!r} but this is torch {torch_version!r} "
+                        "(compiled packages are tied to the torch release)")
+    if meta.get("device") != device:
+        problems.append(f"it was compiled for {meta.get('device')!r} but is loaded on {device!r}")
+    elif device == "cpu" and cpu_capability is not None:
+        built = str(meta.get("cpu_capability", ""))
+        if built in CPU_CAPABILITY_ORDER and cpu_capability in CPU_CAPABILITY_ORDER:
+            if CPU_CAPABILITY_ORDER.index(built) > CPU_CAPABILITY_ORDER.index(cpu_capability):
+                problems.append(f"its kernels use {built} but this CPU supports only {cpu_capability}")
+        elif built != cpu_capability:
+            problems.append(f"its kernels were built for CPU capability {built!r}, this CPU has {cpu_capability!r}")
+    elif device == "cuda" and compute_capability is not None and meta.get("compute_capability") != compute_capability:
+        problems.append(f"its kernels were built for compute capability {meta.get('compute_capability')} "
+                        f"({meta.get('gpu_name')}) but this GPU is {compute_capability}")
+    if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
+        problems.append("it was compiled from a different checkpoint (sha256 differs)")
+    if not meta.get("models"):
+        problems.append("it lists no compiled models")
+    if problems:
+        raise StalePackageError(f"stale package {path}: " + "; ".join(problems) + f". {REBUILD[0].upper()}{REBUILD[1:]}.")
+    return meta

@@ -1,0 +1,33 @@
+"""Optional heavy dependencies, imported where they are used, with one install hint each."""
+from __future__ import annotations
+
+from .errors import ToolkitError
+
+TENSORRT_HINT = ('pip install "codeenhance-deploy[tensorrt]" (TensorRT, Polygraphy and cuda-python; needs an NVIDIA '
+                 "GPU and driver)")
+
+
+class MissingDependency(ToolkitError, ImportError):
+    """An optional package that this use needs is not installed; the message says how to install it."""
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or MissingDependency."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise MissingDependency(f"TensorRT is not installed ({e}); install it with {TENSORRT_HINT}") from e
+    return tensorrt
+
+
+def import_cudart():
+    """cuda-python's runtime module (``cuda.bindings.runtime`` from 12.6 on, ``cuda.cudart`` before; 13.0 removed
+    the old name), or MissingDependency."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as e:
+            raise MissingDependency(f"cuda-python is not installed ({e}); install it with {TENSORRT_HINT}") from e
+    return cudart

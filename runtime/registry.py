@@ -1,0 +1,69 @@
+"""Every runtime backend, declared once: its name, the files it runs, its options and precisions.
+
+The Enhancer, the CLI and the benchmark harness derive what they accept from this table; the backend's module is
+imported only when the backend is used (torch, TensorRT and OpenVINO are heavy or optional). Adding a backend:
+one file in runtime/ with a ``BackendBase`` subclass, and one ``BackendSpec`` line here.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract import formats
+from contract.errors import InputError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    module: str  # "runtime.<file>", imported on use
+    cls: str
+    suffixes: tuple[str, ...]  # model files it is chosen for by default
+    kinds: tuple[str, ...]  # what the file must really be (contract.formats)
+    options: tuple[str, ...]  # constructor keywords the CLI may pass
+    precisions: tuple[str, ...]  # values of its ``precision`` option; () when the model file decides
+
+    def load_class(self):
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+BACKENDS = {spec.name: spec for spec in (
+    BackendSpec("torch", "runtime.torch_backend", "TorchBackend", (".pth", ".pt"), (formats.TORCH_CHECKPOINT,),
+                ("device", "precision", "threads"), ("fp32", "fp16")),
+    BackendSpec("onnxruntime", "runtime.onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), (formats.ONNX_GRAPH,),
+                ("providers", "threads"), ()),
+    BackendSpec("tensorrt", "runtime.tensorrt_backend", "TensorRTBackend", (".plan", ".engine", ".trt"), (),
+                ("device",), ()),
+)}
+
+
+def backend_for_suffix(suffix: str) -> BackendSpec | None:
+    return next((spec for spec in BACKENDS.values() if suffix.lower() in spec.suffixes), None)
+
+
+def choose_backend(model_path: str | os.PathLike, backend: str | None = None) -> BackendSpec:
+    """The backend for ``model_path``: ``backend`` when given, else by suffix. A file that exists is also checked
+    for what it really is: InputError for a folder, an empty file, or a file the backend does not run (with what
+    it is and what to do). A missing file is the backend's to report when it loads."""
+    path = Path(model_path)
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    kind = formats.detect(path) if path.exists() else formats.UNKNOWN
+    if kind == formats.FOLDER:
+        raise InputError(f"--model {path} is a folder; name the model file in it (.pth, .onnx, .plan, ...)")
+    if kind == formats.EMPTY:
+        raise InputError(f"--model {path} is an empty file; export it again")
+    spec = BACKENDS[backend] if backend else backend_for_suffix(path.suffix)
+    right = next((s for s in BACKENDS.values() if kind in s.kinds), None)  # the backend for what the file is
+    if spec is None:
+        what = (f"it is {formats.a(kind)}: name it {path.stem}{right.suffixes[0]} or pass --backend {right.name}" if right else
+                f"pass --backend (backend= in Python), one of {', '.join(BACKENDS)}")
+        raise InputError(f"cannot tell the backend from the suffix of {path} ({path.suffix or 'none'}; known: "
+                         f"{', '.join(s for b in BACKENDS.values() for s in b.suffixes)}); {what}")
+    if spec.kinds and kind not in spec.kinds and kind != formats.UNKNOWN:
+        fix = f"; rename it to {path.stem}{right.suffixes[0]} or pass --backend {right.name}" if right else ""
+        raise InputError(f"{path} is {formats.a(kind)}, not {' or '.join(map(formats.a, spec.kinds))} for the "
+                         f"{spec.name} backend{fix}")
+    return spec

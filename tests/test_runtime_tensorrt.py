@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export.trt_sidecar import GpuInfo, write_sidecar
+from contract.engine_sidecar import GpuInfo, write_sidecar
 from runtime import BackendError, Enhancer
 from runtime.tensorrt_backend import (
     DeviceBuffers,
@@ -137,7 +137,7 @@ def test_without_tensorrt_the_error_says_how_to_install(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_ckpt, tmp_path_factory):
     trt = pytest.importorskip("tensorrt", reason='needs TensorRT: pip install "codeenhance-deploy[tensorrt]"')
-    from export.trt_sidecar import detect_gpu
+    from contract.engine_sidecar import detect_gpu
 
     if detect_gpu() is None:
         pytest.skip("needs a CUDA GPU")

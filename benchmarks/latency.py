@@ -243,7 +243,8 @@ def measure_and_compare(args, work: Path, cuda_available: bool) -> dict:
     info = machine.describe_machine()  # before measuring: the load average says how busy the machine was
     artifacts = Artifacts(args.artifacts or work / "artifacts", ckpt=args.ckpt, onnx=args.onnx,
                           onnx_fp16=args.onnx_fp16, engine=args.engine, preset=args.preset, opset=args.opset,
-                          sizes=args.size_list, batch=args.batch, threads=args.threads, log=tqdm.write)
+                          sizes=args.size_list, batch=args.batch, threads=args.threads, device=args.device,
+                          log=tqdm.write)
     entries = plan_backends(args, cuda_available)
     names, input_paths = save_inputs(args, work)
     raw = measure_all(args, entries, prepare_artifacts(entries, artifacts), input_paths, work)

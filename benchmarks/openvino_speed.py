@@ -50,7 +50,7 @@ def codes_path(onnx_path: Path) -> list[str]:
     """Names of every float node the ArgMin depends on (what decides the codes)."""
     import onnx
 
-    from export.precision_rules import index_graph, walk_up
+    from contract.precision_rules import index_graph, walk_up
 
     ix = index_graph(onnx.load(str(onnx_path), load_external_data=False))
     found = set()

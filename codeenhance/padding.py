@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import torch
 
-
-def padded_size(n: int, multiple: int = 32) -> int:
-    """Always adds 1..multiple rows, even when n is already a multiple (as the original ``test()`` does)."""
-    return (n // multiple + 1) * multiple
+from contract.graph import padded_size  # noqa: F401  (part of this module's API: the size flip_pad_to_multiple gives)
 
 
 def symmetric_indices(n: int, length: int, device=None) -> torch.Tensor:

@@ -19,12 +19,13 @@ different result, so it is never run in a larger bucket.
 """
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path
 
 from .errors import ToolkitError
+from .files import json_object
+from .graph import padded_size
 
 PACKAGE_KIND = "codeenhance-aoti"
 PACKAGE_SCHEMA = 1
@@ -46,11 +47,6 @@ class StalePackageError(ToolkitError):
 
 def bucket_name(padded_hw: tuple[int, int]) -> str:
     return f"b{padded_hw[0]}x{padded_hw[1]}"
-
-
-def padded_size(n: int, multiple: int = 32) -> int:
-    """What the model pads a side of n pixels to (codeenhance.padding.padded_size; repeated here, torch-free)."""
-    return (n // multiple + 1) * multiple
 
 
 def bucket_for(meta: dict, h: int, w: int) -> str | None:
@@ -92,13 +88,7 @@ def read_package_meta(path: str | os.PathLike) -> dict | None:
             text = archive.read(names[0]).decode()
     except (OSError, zipfile.BadZipFile) as exc:
         raise StalePackageError(f"{path} is not a readable .pt2 package ({exc}); {REBUILD}") from exc
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        raise StalePackageError(f"the metadata in {path} is unreadable ({exc}); {REBUILD}") from exc
-    if not isinstance(meta, dict):
-        raise StalePackageError(f"the metadata in {path} is not a JSON object; {REBUILD}")
-    return meta
+    return json_object(text, f"the metadata in {path}", StalePackageError, REBUILD)
 
 
 def check_package(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ToolkitError
-from .files import write_bytes_atomically
+from .files import json_object, write_bytes_atomically
 from .optional import MissingDependency, import_cudart
 
 SIDECAR_SCHEMA = 1
@@ -61,12 +61,10 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        text = path.read_text()
+    except OSError as exc:
         raise StaleEngineError(f"engine sidecar {path} is unreadable ({exc}); rebuild the engine") from exc
-    if not isinstance(content, dict):
-        raise StaleEngineError(f"engine sidecar {path} is not a JSON object; rebuild the engine")
-    return content
+    return json_object(text, f"engine sidecar {path}", StaleEngineError, "rebuild the engine")
 
 
 def check_sidecar(

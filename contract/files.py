@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -58,3 +59,14 @@ def update_digest(digest, path: str | os.PathLike):
 def file_sha256(path: str | os.PathLike) -> str:
     """What ``sha256sum`` prints for the file."""
     return update_digest(hashlib.sha256(), path).hexdigest()
+
+
+def json_object(text: str, what: str, error: type[Exception], fix: str) -> dict:
+    """``text`` parsed as a JSON object, or ``error`` saying that ``what`` is unreadable or no object, and ``fix``."""
+    try:
+        content = json.loads(text)
+    except ValueError as exc:
+        raise error(f"{what} is unreadable ({exc}); {fix}") from exc
+    if not isinstance(content, dict):
+        raise error(f"{what} is not a JSON object; {fix}")
+    return content

@@ -16,8 +16,27 @@ OUTPUT_ENHANCED, OUTPUT_CODES = "enhanced", "codes"
 # Metadata keys written into every artifact (ONNX metadata_props, engine sidecars) and read by the backends.
 META_PRECISION = "precision"
 META_CHECKPOINT_SHA256 = "checkpoint_sha256"
-# Precision names as artifacts and backends report them: "mixed" keeps the FP32 islands (export/precision_rules.py).
+# Precision names as artifacts and backends report them: "mixed" keeps the FP32 islands (contract/precision_rules.py).
 FP32, FP16, FP16_MIXED, BF16_MIXED = "fp32", "fp16", "fp16-mixed", "bf16-mixed"
+
+# The parts of the network that stay float32 in every mixed-precision form (torch autocast: codeenhance/islands.py;
+# the FP16 ONNX graph and OpenVINO bf16: the graph rules of contract/precision_rules.py), with why. Their error is not
+# local: a flipped code moves a 4x4 patch, and the global IFT statistics move the whole image.
+FP32_ISLANDS = {
+    "lookup": "the nearest-code search (distances, ArgMin, the Gather of codebook rows): reduced-precision distances "
+              "flip near-tie codes",
+    "normalisation": "normalisation statistics (GroupNorm, InstanceNorm, LayerNorm, the IFT mean/std): squares and "
+                     "sums overflow or lose precision",
+}
+
+# The original's test(): every side is padded (flipped copies) to the next multiple of 32, always by 1..32 pixels.
+PAD_MULTIPLE = 32
+
+
+def padded_size(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    """What the model pads a side of n pixels to: always adds 1..multiple, even when n is a multiple."""
+    return (n // multiple + 1) * multiple
+
 
 # The IFT weights scale the texture and style modulation terms of the decoder
 # (out = dec + w_texture * (dec*scale + shift) + w_style * (dec*std + mean)). The network was trained at 1.0;

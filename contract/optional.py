@@ -20,6 +20,16 @@ def import_tensorrt():
     return tensorrt
 
 
+def import_polygraphy_trt():
+    """``polygraphy.backend.trt`` (NVIDIA's TensorRT loaders; pure Python, it imports TensorRT only when a loader
+    runs), or MissingDependency."""
+    try:
+        from polygraphy.backend import trt as polygraphy_trt
+    except ImportError as e:
+        raise MissingDependency(f"Polygraphy is not installed ({e}); install it with {TENSORRT_HINT}") from e
+    return polygraphy_trt
+
+
 def import_cudart():
     """cuda-python's runtime module (``cuda.bindings.runtime`` from 12.6 on, ``cuda.cudart`` before; 13.0 removed
     the old name), or MissingDependency."""

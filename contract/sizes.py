@@ -24,3 +24,11 @@ def parse_size(text: str) -> tuple[int, int]:
         raise InputError(f"size {text!r} must be positive")
     return values
 
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """A comma list of sizes, in order, without repeats; InputError for a bad one or an empty list."""
+    sizes = [parse_size(part) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise InputError("the size list is empty")
+    return list(dict.fromkeys(sizes))

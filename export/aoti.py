@@ -14,7 +14,7 @@ one program with dynamic N, H, W instead: literally ``export.graph.capture``, pa
 much more slowly (see the module's compile-time notes in the report) and its kernels are generic in H, W.
 
 Precision: fp32 (TF32 off on CUDA, so it is true fp32) or fp16 (CUDA only): the program traced under
-autocast(fp16) with the FP32 islands of the torch backend (``runtime.torch_backend.keep_fp32_islands``: the
+autocast(fp16) with the FP32 islands of the torch backend (``codeenhance.islands.keep_fp32_islands``: the
 nearest-code lookup and the IFT statistics). Metadata (checkpoint sha256, precision, buckets, torch, device,
 CPU/GPU capability) is written inside the package, ``extra/codeenhance.json`` (``contract.aoti_package``), and checked
 when it is loaded. A C++ compiler is needed to build (and only to build).
@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from codeenhance import CheckpointError, CodeEnhance
 from codeenhance.padding import padded_size, symmetric_indices
 from contract.aoti_package import DYNAMIC_MODEL, META_NAME, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
+from contract import sizes as contract_sizes
+from contract.errors import InputError
 from contract.graph import FP16_MIXED, FP32, INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE
 
 from .graph import EnhanceGraph, capture
@@ -51,7 +52,6 @@ from .onnx import ExportError, exporter_fingerprint, load_source, reserve_output
 DEVICES = ("cpu", "cuda")
 PRECISIONS = {"fp32": FP32, "fp16": FP16_MIXED}
 INPUT_SIZE = "size"  # the bucket programs' fourth input: int64 [2] = (H, W) of the image in the canvas
-SIZE_ALIASES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 DEFAULT_SIZES = "256x256"
 DEFAULT_MAX_BATCH = 8
 PADDING_RULE = (
@@ -75,17 +75,11 @@ def find_compiler() -> str | None:
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'256x256,720p' -> [(256, 256), (720, 1280)]; ExportError for anything else."""
-    sizes = []
-    for part in filter(None, (p.strip().lower() for p in text.split(","))):
-        if part in SIZE_ALIASES:
-            sizes.append(SIZE_ALIASES[part])
-            continue
-        m = re.fullmatch(r"(\d+)x(\d+)", part)
-        if not m or min(int(m[1]), int(m[2])) < 1:
-            raise ExportError(f"--sizes: {part!r} is not HxW (e.g. 256x256, 720x1280) or one of {', '.join(SIZE_ALIASES)}")
-        sizes.append((int(m[1]), int(m[2])))
-    return sizes
+    """'256x256,720p' -> [(256, 256), (720, 1280)] (contract.sizes); ExportError for anything else."""
+    try:
+        return contract_sizes.parse_sizes(text) if text.strip() else []
+    except InputError as e:
+        raise ExportError(f"--sizes: {e}") from None
 
 
 def buckets_for(sizes, multiple: int = 32) -> list[tuple[int, int]]:
@@ -150,7 +144,7 @@ class Fp16Autocast(nn.Module):
 def build_graph(model: CodeEnhance, *, device: str, precision: str) -> nn.Module:
     graph = EnhanceGraph(model, with_codes=True)
     if precision == "fp16":
-        from runtime.torch_backend import keep_fp32_islands  # the torch-side FP32 islands, one definition
+        from codeenhance.islands import keep_fp32_islands  # the torch side of contract.graph.FP32_ISLANDS
 
         keep_fp32_islands(graph.net)
     return graph.to(device).eval()

@@ -36,7 +36,7 @@ from .check import load_onnx_file
 
 from . import fidelity
 from .dims import unname_derived_dims
-from .precision_rules import (
+from contract.precision_rules import (
     FLOAT, FP16_MAX, REASONS, GraphIndex, PrecisionError, classify, index_graph, node_absmax, user_nodes,
 )
 

@@ -4,6 +4,7 @@
         [--min-batch 1 --opt-batch 1 --max-batch 1] [--workspace 4] [--opt-level 3] [--timing-cache trt.cache]
         [--dry-run] [--print-trtexec] [--trt-version 10.16] [--gpu-name NAME] [--overwrite] [--verbose]
 
+The TensorRT calls are Polygraphy's loaders (NVIDIA's tested wrapper); this module adds what they do not do.
 The network is strongly typed: precision comes from the graph (the FP16 graph of export/precision.py
 casts inside and keeps FP32 I/O), never from ``BuilderFlag.FP16``, which TensorRT 11 removed. One
 optimization profile covers ``image`` [N,3,H,W] and ``w_texture``/``w_style`` [N]. Next to the engine a
@@ -21,8 +22,10 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from contract import optional
 from contract.errors import ToolkitError
@@ -37,6 +40,9 @@ from contract.engine_sidecar import (
     write_sidecar,
 )
 from contract.files import write_bytes_atomically
+
+if TYPE_CHECKING:  # annotations only (also what tests/trt_api.py reads to check these calls)
+    import tensorrt as trt
 
 from .trt_plan import (
     INPUT_NAMES,
@@ -93,20 +99,71 @@ def import_tensorrt():
         raise TensorRTMissingError(f"{e}; {WITHOUT_TENSORRT}") from e
 
 
-def network_creation_flags(trt) -> int:
-    """Strongly typed on every version: opt-in flag on 10.x, always on (flag ignored) on 11.x.
+def import_polygraphy():
+    """``polygraphy.backend.trt``: NVIDIA's TensorRT loaders (pure Python; TensorRT is imported when one runs)."""
+    try:
+        return optional.import_polygraphy_trt()
+    except optional.MissingDependency as e:
+        raise TensorRTMissingError(f"{e}; {WITHOUT_TENSORRT}") from e
 
-    EXPLICIT_BATCH is never used: ignored since 10.0 and absent from the 11.x enum.
+
+def strongly_typed(trt) -> bool:
+    """Whether to ask for the STRONGLY_TYPED network flag: the opt-in on 10.x (Polygraphy fails clearly where the
+    enum lacks it); 11.x networks are always strongly typed and the flag is a deprecated no-op, so it is left out."""
+    major = trt_major(trt.__version__)
+    return major is None or major < 11
+
+
+def polygraphy_profile(profile: ShapeProfile):
+    """Our one optimization profile as a Polygraphy ``Profile``: (min, opt, max) per input name."""
+    from polygraphy.backend.trt import Profile
+
+    result = Profile()
+    for name, (smallest, optimal, largest) in profile.shapes().items():
+        result.add(name, min=smallest, opt=optimal, max=largest)
+    return result
+
+
+def loader_arguments(plan: BuildPlan, trt) -> dict[str, dict]:
+    """Keyword arguments of each Polygraphy loader of the build, by class name (tests bind them to the signatures).
+
+    No ``load_timing_cache``/``save_timing_cache``: Polygraphy merges a cache from another GPU into the new one
+    (``combine(..., ignore_mismatch=True)``) and writes it in place; EngineBuilder keeps our rules instead.
+    ``tf32=True``: TensorRT's and trtexec's default, which Polygraphy's CreateConfig would otherwise clear.
+    ``LAYER_NAMES_ONLY``: trtexec's default profiling verbosity (Polygraphy's is DETAILED), so that the engine
+    matches the trtexec line of the plan.
     """
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+    flags = plan.flags
+    return {
+        "NetworkFromOnnxPath": {"path": str(plan.onnx.path), "strongly_typed": strongly_typed(trt)},
+        "CreateConfig": {
+            "tf32": True,
+            "profiles": [polygraphy_profile(plan.profile)],
+            "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: flags.workspace_bytes},
+            "builder_optimization_level": flags.opt_level,
+            "profiling_verbosity": trt.ProfilingVerbosity.LAYER_NAMES_ONLY,
+        },
+    }
 
 
-def describe_parser_error(error) -> str:
-    """One ONNX parser error as "node <name> (<op>): <description>"; older bindings lack node_name()."""
-    node = getattr(error, "node_name", lambda: "")() or f"#{error.node()}"
-    op = getattr(error, "node_operator", lambda: "")()
-    return f"node {node}{f' ({op})' if op else ''}: {error.desc()}"
+@contextmanager
+def polygraphy_errors():
+    """Collect what Polygraphy logs as errors while its loaders run (they are still printed): each ONNX parser
+    error (``str(IParserError)``: node, name, operator, reason), which it logs one by one before raising
+    PolygraphyException, and TensorRT's own ERROR lines, which its TensorRT logger forwards to ``G_LOGGER.error``."""
+    from polygraphy.logger import G_LOGGER
+
+    errors, log_error = [], G_LOGGER.error
+
+    def collect(message, *args, **kwargs):
+        errors.append(str(message() if callable(message) else message).strip())
+        return log_error(message, *args, **kwargs)
+
+    G_LOGGER.error = collect
+    try:
+        yield errors
+    finally:
+        del G_LOGGER.error  # back to the class's method
 
 
 @dataclass(frozen=True)
@@ -118,48 +175,66 @@ class BuildResult:
 
 
 class EngineBuilder:
-    """Turns a BuildPlan into an engine file, its sidecar and an updated timing cache."""
+    """Turns a BuildPlan into an engine file, its sidecar and an updated timing cache.
+
+    Polygraphy's loaders do the TensorRT calls: NetworkFromOnnxPath (parse_from_file, so external weights are
+    found; strongly typed), CreateConfig (profile, workspace, optimization level), EngineBytesFromNetwork. Ours,
+    hooked in with PostprocessNetwork/PostprocessConfig: the check that the network keeps our I/O names, the timing
+    cache rules, and around the build the error messages with TensorRT's reasons, the atomic write and the sidecar.
+    """
 
     def __init__(self, plan: BuildPlan, *, verbose: bool = False, log=print):
         self.plan = plan
         self.trt = import_tensorrt()
-        self.logger = self.trt.Logger(self.trt.Logger.VERBOSE if verbose else self.trt.Logger.WARNING)
-        self.log = log
+        self.polygraphy = import_polygraphy()
+        self.verbose, self.log = verbose, log
+        self.parsed = False  # set once the ONNX parser succeeded, to tell parse errors from build errors
+        self.config = None  # the IBuilderConfig, once Polygraphy made it: its timing cache is saved after the build
+        self.timing_cache = None
+
+    def loader(self):
+        """The build as one Polygraphy loader; calling it parses, configures and returns the serialized engine."""
+        pg, kwargs = self.polygraphy, loader_arguments(self.plan, self.trt)
+        network = pg.PostprocessNetwork(pg.NetworkFromOnnxPath(**kwargs["NetworkFromOnnxPath"]),
+                                        func=self._check_network, name="check CodeEnhance I/O names")
+        config = pg.PostprocessConfig(pg.CreateConfig(**kwargs["CreateConfig"]), func=self._configure)
+        return pg.EngineBytesFromNetwork(network, config=config)
 
     def build(self) -> BuildResult:
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
+
         start = time.perf_counter()
-        builder = self.trt.Builder(self.logger)
-        network = builder.create_network(network_creation_flags(self.trt))
-        parser = self.trt.OnnxParser(network, self.logger)  # keep alive until the build: it owns the weights
-        self._parse(parser)
-        self._check_network(network)
-        config = self._configure(builder)
-        timing_cache = self._attach_timing_cache(config)  # noqa: F841 (must outlive the build, per TensorRT docs)
+        build_engine = self.loader()
         self.log(f"building {self.plan.engine_path.name} (this can take minutes) ...")
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EngineBuildError(
-                f"TensorRT could not build an engine from {self.plan.onnx.path.name} (see its log above). Common causes: "
-                "the workspace is too small (--workspace), the --max shape does not fit in GPU memory, or an "
-                "operator is unsupported at this shape range."
-            )
+        with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE if self.verbose else G_LOGGER.INFO), polygraphy_errors() as errors:
+            try:
+                serialized = build_engine()
+            except ToolkitError:
+                raise
+            except (PolygraphyException, RuntimeError, ValueError) as exc:  # RuntimeError, ValueError: from TensorRT
+                raise EngineBuildError(self._failure(exc, errors)) from exc
         engine = self.plan.engine_path
         sidecar_path(engine).unlink(missing_ok=True)  # an old sidecar must never describe the new engine
         write_bytes_atomically(engine, serialized)
-        self._save_timing_cache(config)
+        self._save_timing_cache()
         sidecar = write_sidecar(engine, self.plan.sidecar())
         return BuildResult(engine, sidecar, engine.stat().st_size, time.perf_counter() - start)
 
-    def _parse(self, parser) -> None:
-        # parse_from_file (not parse(bytes)) so that external weight files next to the model are found.
-        if parser.parse_from_file(str(self.plan.onnx.path)):
-            return
-        errors = [describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(
-            f"TensorRT's ONNX parser rejected {self.plan.onnx.path.name}:\n  " + "\n  ".join(errors or ["(no details)"])
+    def _failure(self, exc: Exception, errors: list[str]) -> str:
+        name = self.plan.onnx.path.name
+        reasons = "\n  ".join(errors or [f"{type(exc).__name__}: {exc}"])
+        if not self.parsed:
+            return f"TensorRT's ONNX parser rejected {name}:\n  {reasons}"
+        if self.config is None:
+            return f"TensorRT rejected the build configuration of {name}:\n  {reasons}"
+        return (
+            f"TensorRT could not build an engine from {name}:\n  {reasons}\nCommon causes: the workspace is too small "
+            "(--workspace), the --max shape does not fit in GPU memory, or an operator is unsupported at this shape range."
         )
 
-    def _check_network(self, network) -> None:
+    def _check_network(self, network: trt.INetworkDefinition) -> None:
+        self.parsed = True
         inputs = {network.get_input(i).name for i in range(network.num_inputs)}
         outputs = {network.get_output(i).name for i in range(network.num_outputs)}
         missing = [n for n in (*INPUT_NAMES, OUTPUT_ENHANCED) if n not in inputs | outputs]
@@ -169,25 +244,14 @@ class EngineBuilder:
                 "the runtime binds tensors by these names"
             )
 
-    def _configure(self, builder):
-        trt, flags = self.trt, self.plan.flags
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, flags.workspace_bytes)
-        config.builder_optimization_level = flags.opt_level
-        profile = builder.create_optimization_profile()
-        for name, (smallest, optimal, largest) in self.plan.profile.shapes().items():
-            try:
-                profile.set_shape(name, smallest, optimal, largest)
-            except (RuntimeError, ValueError) as exc:
-                raise EngineBuildError(f"TensorRT rejected the profile for {name}: {exc}") from exc
-        if config.add_optimization_profile(profile) < 0:
+    def _configure(self, builder, network, config: trt.IBuilderConfig) -> None:
+        """After CreateConfig: check the profile (Polygraphy ignores add_optimization_profile's result), then read
+        the timing cache file if there is one. Without one, CreateConfig's empty cache is used and not kept."""
+        self.config, path = config, self.plan.timing_cache
+        if config.num_optimization_profiles != 1:
             raise EngineBuildError("TensorRT rejected the optimization profile: " + json.dumps(self.plan.profile.as_dict()))
-        return config
-
-    def _attach_timing_cache(self, config):
-        path = self.plan.timing_cache
         if path is None:
-            return None  # TensorRT still times tactics; the results are just not kept
+            return
         data = path.read_bytes() if path.is_file() else b""
         try:
             cache = config.create_timing_cache(data)
@@ -198,12 +262,12 @@ class EngineBuilder:
             self.log(f"warning: timing cache {path} does not fit this GPU/TensorRT; starting a new one in its place")
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, ignore_mismatch=False)
-        return cache
+        self.timing_cache = cache  # must outlive the build, per TensorRT's docs
 
-    def _save_timing_cache(self, config) -> None:
-        if self.plan.timing_cache is None:
+    def _save_timing_cache(self) -> None:
+        if self.plan.timing_cache is None or self.config is None:
             return
-        cache = config.get_timing_cache()
+        cache = self.config.get_timing_cache()
         if cache is not None:
             write_bytes_atomically(self.plan.timing_cache, cache.serialize())
 
@@ -242,6 +306,7 @@ def describe_plan(plan: BuildPlan, tensorrt_installed: bool) -> str:
     lines += [f"  {label:<9} {value}" for label, value in rows]
     lines += ["sidecar content:", format_sidecar(plan.sidecar()), "trtexec equivalent:"]
     lines.append(plan.trtexec_text(trt_major(plan.trt_version)))
+    lines += ["compare with ONNX Runtime (polygraphy):", plan.polygraphy_compare_text(trt_major(plan.trt_version))]
     return "\n".join(lines)
 
 

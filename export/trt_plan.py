@@ -384,6 +384,29 @@ class BuildPlan:
         cmd.append("--skipInference")
         return cmd
 
+    def polygraphy_compare_command(self, major: int) -> list[str]:
+        """``polygraphy run`` comparing a TensorRT build with this plan's settings against ONNX Runtime on the same
+        graph (random inputs at the opt shape). ``--tf32``: Polygraphy clears TF32, TensorRT and trtexec keep it on.
+        ``--strongly-typed`` on 10.x only, like ``--stronglyTyped`` for trtexec."""
+        shapes = self.profile.shapes()
+        cmd = ["polygraphy", "run", str(self.onnx.path), "--trt", "--onnxrt"]
+        options = (("--trt-min-shapes", 0), ("--trt-opt-shapes", 1), ("--trt-max-shapes", 2), ("--input-shapes", 1))
+        for option, index in options:
+            cmd += [option, *(f"{name}:[{','.join(map(str, s[index]))}]" for name, s in shapes.items())]
+        cmd += ["--tf32", "--pool-limit", f"workspace:{self.flags.workspace_mib}M",
+                "--builder-optimization-level", str(self.flags.opt_level)]
+        if major < 11:
+            cmd.append("--strongly-typed")
+        return cmd
+
+    def polygraphy_compare_text(self, major: int | None = None) -> str:
+        lines = []
+        for m in [major] if major else [10, 11]:
+            lines += [f"# TensorRT {'10.x' if m < 11 else '11.x'}", shlex.join(self.polygraphy_compare_command(m))]
+        lines.append("# It builds its own engine in memory. Polygraphy's default tolerances (1e-5) are FP32-strict: "
+                     "pass --atol/--rtol for an FP16 graph.")
+        return "\n".join(lines)
+
     def trtexec_text(self, major: int | None = None) -> str:
         """Shell lines for one TensorRT major version, or for both 10.x and 11.x when it is unknown."""
         majors = [major] if major else [10, 11]

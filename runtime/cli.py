@@ -25,13 +25,15 @@ from contract.graph import check_weight
 from contract.images import ImageError, encode_image, is_image_path, read_image
 
 from .enhancer import DEFAULT_OVERLAP, ClippedInputWarning, Enhancer
-from .registry import BACKENDS, choose_backend
+from .registry import BACKENDS, choose_backend, is_url
 
 EXIT_FAILED = EXIT_PARTIAL  # the name the tests and users of this module know
 # Errors that fail one image (its shape or type, or the backend refusing it) without stopping the run.
 ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
 # The command-line flag of each backend option, for messages.
-OPTION_FLAGS = {"device": "--device", "precision": "--fp16", "providers": "--providers", "threads": "--threads"}
+OPTION_FLAGS = {"device": "--device", "precision": "--precision/--fp16", "providers": "--providers",
+                "threads": "--threads", "cache_dir": "--cache-dir"}
+PRECISIONS = sorted({p for spec in BACKENDS.values() for p in spec.precisions})
 
 
 @dataclass
@@ -143,12 +145,15 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--outdir", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--model", required=True, type=Path,
-                   help=", ".join(f"{'/'.join(s.suffixes)} ({s.name})" for s in BACKENDS.values()))
+    p.add_argument("--model", required=True,
+                   help=", ".join(f"{'/'.join(s.suffixes + s.schemes)} ({s.name})" for s in BACKENDS.values()))
     p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's suffix")
-    p.add_argument("--device", help="torch: cpu, cuda, cuda:1; tensorrt: GPU index")
-    p.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
-                   help="torch on CUDA: fp16 autocast (quantizer and IFT statistics stay fp32)")
+    p.add_argument("--device", help="torch, aoti: cpu, cuda, cuda:1; tensorrt: GPU index; openvino: CPU")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="torch: fp16 (CUDA autocast); openvino: bf16; the FP32 islands (nearest-code search, "
+                        "normalisation statistics) stay fp32. An .onnx graph's or an engine's precision is its own")
+    p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="the same as --precision fp16")
+    p.add_argument("--cache-dir", type=Path, help="openvino: keep compiled models here, so a second start is fast")
     p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch or onnxruntime (>= 1)")
     p.add_argument("--w-texture", type=weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
@@ -165,6 +170,9 @@ def parse_args(argv):
 def backend_options(args, backend: str) -> dict:
     given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k)}
     unused = sorted(set(given) - set(BACKENDS[backend].options))
+    precisions = BACKENDS[backend].precisions
+    if "precision" in given and "precision" not in unused and given["precision"] not in precisions:
+        raise InputError(f"--precision {given['precision']}: the {backend} backend takes {', '.join(precisions)}")
     if unused:
         flags = ", ".join(OPTION_FLAGS[k] for k in unused)
         takes = ", ".join(s.name for s in BACKENDS.values() if set(unused) <= set(s.options)) or "no backend here"
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = Run()
     try:
-        if not args.model.exists():
+        if not is_url(args.model) and not Path(args.model).exists():
             raise InputError(f"model not found: {args.model}")
         spec = choose_backend(args.model, args.backend)
         options = backend_options(args, spec.name)

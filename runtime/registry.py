@@ -24,6 +24,7 @@ class BackendSpec:
     kinds: tuple[str, ...]  # what the file must really be (contract.formats)
     options: tuple[str, ...]  # constructor keywords the CLI may pass
     precisions: tuple[str, ...]  # values of its ``precision`` option; () when the model file decides
+    schemes: tuple[str, ...] = ()  # URL schemes it serves instead of a file ("triton://")
 
     def load_class(self):
         return getattr(importlib.import_module(self.module), self.cls)
@@ -36,6 +37,12 @@ BACKENDS = {spec.name: spec for spec in (
                 ("providers", "threads"), ()),
     BackendSpec("tensorrt", "runtime.tensorrt_backend", "TensorRTBackend", (".plan", ".engine", ".trt"), (),
                 ("device",), ()),
+    BackendSpec("openvino", "runtime.openvino_backend", "OpenVINOBackend", (".xml",),
+                (formats.OPENVINO_IR, formats.ONNX_GRAPH), ("precision", "threads", "cache_dir", "device"),
+                ("fp32", "bf16")),
+    BackendSpec("aoti", "runtime.aoti_backend", "AotiBackend", (".pt2",), (formats.TORCH_PACKAGE,),
+                ("device", "threads"), ()),
+    BackendSpec("triton", "runtime.triton_backend", "TritonBackend", (), (), (), (), schemes=("triton://",)),
 )}
 
 
@@ -43,13 +50,30 @@ def backend_for_suffix(suffix: str) -> BackendSpec | None:
     return next((spec for spec in BACKENDS.values() if suffix.lower() in spec.suffixes), None)
 
 
+def is_url(model) -> bool:
+    return isinstance(model, str) and "://" in model
+
+
+def backend_for_url(url: str) -> BackendSpec:
+    spec = next((s for s in BACKENDS.values() if any(url.startswith(scheme) for scheme in s.schemes)), None)
+    if spec is None:
+        schemes = [scheme for s in BACKENDS.values() for scheme in s.schemes]
+        raise InputError(f"no backend serves {url}; model URLs start with {', '.join(schemes) or '(none known)'}")
+    return spec
+
+
 def choose_backend(model_path: str | os.PathLike, backend: str | None = None) -> BackendSpec:
     """The backend for ``model_path``: ``backend`` when given, else by suffix. A file that exists is also checked
     for what it really is: InputError for a folder, an empty file, or a file the backend does not run (with what
     it is and what to do). A missing file is the backend's to report when it loads."""
-    path = Path(model_path)
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if is_url(model_path):
+        spec = backend_for_url(model_path)
+        if backend is not None and backend != spec.name:
+            raise InputError(f"{model_path} is served by the {spec.name} backend, not {backend}")
+        return spec
+    path = Path(model_path)
     kind = formats.detect(path) if path.exists() else formats.UNKNOWN
     if kind == formats.FOLDER:
         raise InputError(f"--model {path} is a folder; name the model file in it (.pth, .onnx, .plan, ...)")

@@ -4,6 +4,13 @@ Written against the TensorRT 10/11 name-based I/O API (shared notes/tensorrt.md 
 name with num_io_tensors/get_tensor_name/get_tensor_mode, shapes are set per call within optimization profile 0,
 and execute_async_v3 runs on our own stream. TensorRT and cuda-python are imported inside load(), so this
 module, its dtype/sidecar/buffer logic and its tests work without them.
+
+Why not Polygraphy's TrtRunner (the builder uses Polygraphy's loaders): cuda-python stays our device-memory layer
+(pycuda ships no wheels and needs a CUDA toolkit at install time), while TrtRunner brings a second one
+(polygraphy.cuda, ctypes over a libcudart.so found on the library path), and its infer() checks every feed with
+polygraphy.util.array.is_torch, which imports torch wherever torch is installed (measured with polygraphy 0.53.6),
+so the runtime would load torch. The execution part it would replace is ~40 lines; the sidecar check, the contract
+I/O check, batch padding to the profile minimum and the error messages stay ours either way.
 """
 from __future__ import annotations
 

@@ -8,55 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from codeenhance import CheckpointError, CodeEnhance, load_model
+from codeenhance.islands import keep_fp32_islands
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
 PRECISIONS = ("fp32", "fp16")
-
-
-class Float32Island(nn.Module):
-    """Runs the wrapped module with autocast off and float32 inputs.
-
-    Used for the vector quantizer: ||z||^2 + ||e||^2 - 2 z.e cancels badly in fp16 and near-ties flip the argmin,
-    which changes a whole 4x4 patch of the output (notes/prior-art.md, "How the VQ lookup is exported").
-    """
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args):
-        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-        with torch.autocast(args[0].device.type, enabled=False):
-            return self.inner(*args)
-
-
-class Float32Output(nn.Module):
-    """Casts the wrapped module's output to float32, so that what consumes it runs in fp32.
-
-    Wrapped around IFT's ``encode_enc2``: its output feeds the global mean/variance, which autocast would
-    otherwise compute in fp16 (GroupNorm and LayerNorm already run in fp32 under autocast).
-    """
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args):
-        return self.inner(*args).float()
-
-
-def keep_fp32_islands(model: CodeEnhance) -> CodeEnhance:
-    """Wrap the precision-critical parts of ``model`` in place for mixed-precision inference; returns it."""
-    if not isinstance(model.quantizer, Float32Island):
-        model.quantizer = Float32Island(model.quantizer)
-    for fusion in model.fuse_convs_dict.values():
-        if not isinstance(fusion.encode_enc2, Float32Output):
-            fusion.encode_enc2 = Float32Output(fusion.encode_enc2)
-    return model
 
 
 class TorchBackend(BackendBase):

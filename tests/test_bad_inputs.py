@@ -192,7 +192,7 @@ def test_model_files_are_named_for_what_they_are(one_image, tmp_path, tiny_ckpt,
         (("--model", disguised), "is an ONNX graph, not a torch checkpoint for the torch backend; rename it to model.onnx"),
         (("--model", tiny_onnx, "--backend", "torch"), "is an ONNX graph, not a torch checkpoint"),
         (("--model", tmp_path), "is a folder; name the model file"),
-        (("--model", tiny_onnx, "--fp16"), "--fp16 do(es) not apply to the onnxruntime backend; it applies to: torch"),
+        (("--model", tiny_onnx, "--fp16"), "--precision/--fp16 do(es) not apply to the onnxruntime backend; it applies to: torch, openvino"),
         (("--model", tiny_ckpt, "--device", "bogus"), "'bogus' is not a device"),
     ]
     for argv, message in cases:

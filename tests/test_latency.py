@@ -4,6 +4,7 @@ onnxruntime in fresh processes; tensorrt and torch-fp16 must come back as skippe
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -20,7 +21,7 @@ SIZE = "32x48"
 # One thread: on a shared 2-core machine, two OpenMP threads in torch wait on each other for whole scheduler
 # slices when a neighbour's process holds a core (seen here: 40 ms calls took seconds); the test stays fast.
 TINY_RUN = ["--preset", "tiny", "--sizes", SIZE, "--iters", "2", "--warmup", "0", "--threads", "1",
-            "--backends", "torch,onnxruntime,tensorrt,torch-fp16"]
+            "--backends", "torch,onnxruntime,openvino-bf16,tensorrt,torch-fp16"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,18 @@ def test_onnxruntime_worker_does_not_load_torch(tiny_run):
     _, results, _ = tiny_run
     # torch alone adds a few hundred MB; the ORT process must not carry it.
     assert row(results, "onnxruntime")["memory"]["baseline_rss_mb"] < row(results, "torch")["memory"]["baseline_rss_mb"]
+
+
+def test_openvino_bf16_row(tiny_run):
+    _, results, _ = tiny_run
+    if importlib.util.find_spec("openvino") is None:
+        assert "OpenVINO is not installed" in row(results, "openvino-bf16")["reason"]
+        return
+    r = row(results, "openvino-bf16")
+    assert r["status"] == "ok" and results["backends"]["openvino-bf16"]["precision"] == "bf16-mixed"
+    assert r["memory"]["baseline_rss_mb"] < row(results, "torch")["memory"]["baseline_rss_mb"]  # no torch loaded
+    summary = r["fidelity"]["summary"]
+    assert summary["psnr_min"] > 25 and summary["max_err_8bit"] < 128  # bf16 storage rounding, islands fp32
 
 
 def test_fidelity_against_the_reference(tiny_run):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from codeenhance.islands import Float32Island, Float32Output, keep_fp32_islands
 from contract.errors import InputError
 
 from benchmarks.harness.inputs import load_photo
@@ -28,12 +29,7 @@ from runtime import (
 from runtime.backend import BackendBase
 from runtime.enhancer import LUMA, feather, plan_patches, tile_starts, to_model_input
 from runtime.onnxruntime_backend import OnnxRuntimeBackend, resolve_providers
-from runtime.torch_backend import (
-    Float32Island,
-    Float32Output,
-    TorchBackend,
-    keep_fp32_islands,
-)
+from runtime.torch_backend import TorchBackend
 
 PHOTOS = ("LIME/1.bmp", "MEF/Candle.png")
 

@@ -1,5 +1,5 @@
-"""export/tensorrt.py: build plan, engine key, sidecar and trtexec line (no TensorRT needed), plus a real
-tiny build where TensorRT and a GPU exist.
+"""export/tensorrt.py: build plan, engine key, sidecar, trtexec and polygraphy lines, the Polygraphy loaders'
+arguments (no TensorRT needed), plus a real tiny build where TensorRT and a GPU exist.
 
 The ONNX files here are made with onnx.helper: the smallest graphs with the contract's I/O
 (image [N,3,H,W], w_texture [N], w_style [N] -> enhanced), so the tests do not wait on the exporter.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -300,82 +302,179 @@ def test_check_sidecar_without_a_sidecar(tmp_path):
         check_sidecar(engine, "10.16.0.72", H100, require=False)
 
 
-# --- TensorRT glue that does not need TensorRT ---
+# --- the Polygraphy loaders, built here without TensorRT (constructing a loader calls no TensorRT) ---
+
+TRT_ENUMS = SimpleNamespace(  # the only TensorRT values the loaders' arguments hold: enum members, as tokens
+    __version__="10.16.0.72",
+    MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
+    ProfilingVerbosity=SimpleNamespace(LAYER_NAMES_ONLY="LAYER_NAMES_ONLY"),
+)
 
 
-def test_network_flags_use_strong_typing_only_when_the_enum_has_it():
-    with_flag = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1))
-    without = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace())
-    assert cli.network_creation_flags(with_flag) == 1 << 1
-    assert cli.network_creation_flags(without) == 0
+def accepted_keywords(cls) -> set[str]:
+    """Named parameters of ``cls(...)``, following ``**kwargs`` up the classes it is passed to (CreateConfig)."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return names
 
 
-def test_parser_errors_name_the_node():
-    error = SimpleNamespace(desc=lambda: "unsupported", node=lambda: 7, node_name=lambda: "/Mul_3", node_operator=lambda: "Mul")
-    assert cli.describe_parser_error(error) == "node /Mul_3 (Mul): unsupported"
-    old = SimpleNamespace(desc=lambda: "bad", node=lambda: 2)
-    assert cli.describe_parser_error(old) == "node #2: bad"
+@pytest.fixture
+def polygraphy_trt():
+    return pytest.importorskip("polygraphy.backend.trt", reason="pip install polygraphy (in the [dev] extra)")
 
 
-# --- the build path against a stand-in for the tensorrt module: our control flow, not TensorRT ---
+def test_loader_arguments_exist_in_the_installed_polygraphy(model, polygraphy_trt):
+    plan = BuildPlan.create(model, ShapeProfile(max_batch=2), BuildFlags(workspace_gib=2, opt_level=5),
+                            trt_version="10.16.0.72", gpu=GpuInfo(H100, "9.0"))
+    arguments = cli.loader_arguments(plan, TRT_ENUMS)
+    assert set(arguments) == {"NetworkFromOnnxPath", "CreateConfig"}
+    for name, kwargs in arguments.items():
+        loader = getattr(polygraphy_trt, name)
+        unknown = set(kwargs) - accepted_keywords(loader)
+        assert not unknown, f"{name} takes no {sorted(unknown)} in polygraphy {polygraphy_trt.__name__}"
+        inspect.signature(loader).bind(**kwargs)
+    assert arguments["NetworkFromOnnxPath"] == {"path": str(model.resolve()), "strongly_typed": True}
+    config = arguments["CreateConfig"]
+    assert config["memory_pool_limits"] == {"WORKSPACE": 2 << 30} and config["builder_optimization_level"] == 5
+    assert config["tf32"] is True and config["profiling_verbosity"] == "LAYER_NAMES_ONLY"  # trtexec's defaults
+    assert "load_timing_cache" not in config  # our own timing-cache rules, see loader_arguments
 
 
-def fake_tensorrt(calls: list, *, parse_ok=True, engine=b"serialized engine", cache_fits=True) -> SimpleNamespace:
-    """Records what EngineBuilder asks of TensorRT; names and signatures follow the 10.x/11.x Python bindings."""
-    config = SimpleNamespace(builder_optimization_level=None, cache=None)
-    config.set_memory_pool_limit = lambda pool, size: calls.append(("workspace", pool, size))
-    config.add_optimization_profile = lambda profile: calls.append(("profile", profile.shapes)) or 0
+def test_strong_typing_is_asked_for_on_10x_only(model):
+    assert cli.strongly_typed(SimpleNamespace(__version__="10.16.0.72")) is True
+    assert cli.strongly_typed(SimpleNamespace(__version__="11.4.0.106")) is False  # always strongly typed there
+
+
+def test_profile_holds_our_shapes_per_input(polygraphy_trt):
+    profile = cli.polygraphy_profile(ShapeProfile((32, 48), (256, 256), (512, 768), 1, 2, 4))
+    assert isinstance(profile, polygraphy_trt.Profile) and list(profile) == ["image", "w_texture", "w_style"]
+    assert tuple(profile["image"]) == ((1, 3, 32, 48), (2, 3, 256, 256), (4, 3, 512, 768))
+    assert tuple(profile["w_texture"]) == tuple(profile["w_style"]) == ((1,), (2,), (4,))
+
+
+def test_builder_composes_the_real_loaders(model, monkeypatch, polygraphy_trt):
+    monkeypatch.setattr(cli, "import_tensorrt", lambda: TRT_ENUMS)  # enum tokens only; nothing is built
+    plan = BuildPlan.create(model, trt_version="10.16.0.72", gpu=GpuInfo(H100, "9.0"))
+    loader = cli.EngineBuilder(plan).loader()  # a keyword a loader does not take raises TypeError here
+    assert isinstance(loader, polygraphy_trt.EngineBytesFromNetwork)
+
+
+def test_builder_without_tensorrt_or_polygraphy_refuses_cleanly(model, monkeypatch):
+    plan = BuildPlan.create(model, trt_version="10.16.0.72", gpu=GpuInfo(H100, "9.0"))
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(cli.TensorRTMissingError, match=r"codeenhance-deploy\[tensorrt\].*--dry-run") as exc:
+            cli.EngineBuilder(plan)
+        assert exc.value.exit_code == cli.EXIT_NO_TENSORRT == 3
+    monkeypatch.setattr(cli, "import_tensorrt", lambda: TRT_ENUMS)
+    monkeypatch.setitem(sys.modules, "polygraphy.backend", None)  # as if Polygraphy were not installed
+    with pytest.raises(cli.TensorRTMissingError, match="Polygraphy is not installed") as exc:
+        cli.EngineBuilder(plan)
+    assert exc.value.exit_code == 3
+
+
+def test_polygraphy_errors_are_collected_and_still_logged(polygraphy_trt, capsys):
+    from polygraphy.logger import G_LOGGER
+
+    with cli.polygraphy_errors() as errors:
+        G_LOGGER.error("In node 4 with name: /quant/ArgMin and operator: ArgMin: no importer")
+        G_LOGGER.error(lambda: "[TRT] Error Code 2: out of memory")
+    assert errors == ["In node 4 with name: /quant/ArgMin and operator: ArgMin: no importer",
+                      "[TRT] Error Code 2: out of memory"]
+    assert "no importer" in capsys.readouterr().out
+    assert "error" not in vars(G_LOGGER)  # the logger's own method again
+
+
+def test_polygraphy_compare_recipe_parses_and_matches_the_build(model, tmp_path, capsys, polygraphy_trt):
+    """The dry run's `polygraphy run` line, given to Polygraphy's own CLI with --gen-script (no TensorRT needed)."""
+    rc, out, _ = run(capsys, model, "--dry-run", *TARGET, "--workspace", "2")
+    assert rc == 0
+    command = next(line for line in out.splitlines() if line.startswith("polygraphy run "))
+    assert "--strongly-typed" in command and "--fp16" not in command
+    script = tmp_path / "compare.py"
+    main = "import sys; from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", main, *shlex.split(command)[1:], "--gen-script", str(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = script.read_text()
+    assert f"NetworkFromOnnxPath('{model.resolve()}', strongly_typed=True" in text
+    assert "memory_pool_limits={trt.MemoryPoolType.WORKSPACE: 2147483648}" in text and "tf32=True" in text
+    assert "builder_optimization_level=3" in text
+    assert "Profile().add('image', min=[1, 3, 64, 64], opt=[1, 3, 512, 512], max=[1, 3, 1024, 1024])" in text
+
+
+# --- the build path with stand-ins for Polygraphy's loaders: our control flow around them, not TensorRT ---
+
+
+def fake_polygraphy(calls: list, *, parse_errors=(), engine=b"serialized engine", cache_fits=True,
+                    outputs=("enhanced",), profiles=1) -> SimpleNamespace:
+    """Composes like polygraphy.backend.trt (network loader -> PostprocessNetwork's func -> CreateConfig ->
+    PostprocessConfig's func -> build) and fails like it (errors to the real G_LOGGER, then PolygraphyException).
+    The network and config are records of the few calls our code makes on them. Nothing here is TensorRT."""
+    from polygraphy.logger import G_LOGGER
+
+    config = SimpleNamespace(num_optimization_profiles=profiles, cache=None)
     config.create_timing_cache = lambda data: SimpleNamespace(serialize=lambda: bytes(data) + b"+new timings")
     config.set_timing_cache = lambda cache, ignore_mismatch: bool(
         setattr(config, "cache", cache) or cache_fits or cache.serialize() == b"+new timings"
     )
     config.get_timing_cache = lambda: config.cache
-    names = ("image", "w_texture", "w_style")
-    network = SimpleNamespace(
-        num_inputs=3, num_outputs=1,
-        get_input=lambda i: SimpleNamespace(name=names[i]), get_output=lambda i: SimpleNamespace(name="enhanced"),
-    )
+    inputs = ("image", "w_texture", "w_style")
+    network = SimpleNamespace(num_inputs=3, num_outputs=len(outputs), get_input=lambda i: SimpleNamespace(name=inputs[i]),
+                              get_output=lambda i: SimpleNamespace(name=outputs[i]))
 
-    def new_profile():
-        shapes = {}
-        return SimpleNamespace(shapes=shapes, set_shape=lambda name, *minoptmax: shapes.update({name: minoptmax}))
+    def fail(errors, message):
+        for error in errors:
+            G_LOGGER.error(error)
+        G_LOGGER.critical(message)
 
-    builder = SimpleNamespace(
-        create_network=lambda flags: calls.append(("network_flags", flags)) or network,
-        create_builder_config=lambda: config,
-        create_optimization_profile=new_profile,
-        build_serialized_network=lambda net, cfg: calls.append(("opt_level", cfg.builder_optimization_level)) or engine,
-    )
-    error = SimpleNamespace(
-        desc=lambda: "no importer", node=lambda: 4, node_name=lambda: "/quant/ArgMin", node_operator=lambda: "ArgMin"
-    )
-    parser = SimpleNamespace(
-        num_errors=0 if parse_ok else 1, get_error=lambda i: error,
-        parse_from_file=lambda path: calls.append(("parse", path)) or parse_ok,
-    )
-    return SimpleNamespace(
-        __version__="10.16.0.72",
-        Logger=type("Logger", (), {"WARNING": 2, "VERBOSE": 4, "__init__": lambda self, level: None}),
-        Builder=lambda logger: builder,
-        OnnxParser=lambda net, logger: parser,
-        MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"),
-        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
-    )
+    def network_from_onnx_path(**kwargs):
+        calls.append(("NetworkFromOnnxPath", kwargs))
+        return lambda: fail(parse_errors, "Could not parse ONNX correctly") if parse_errors else ("builder", network, "parser")
+
+    def postprocess_network(load, func, name=None):
+        return lambda: (lambda built: func(network=built[1]) or built)(load())
+
+    def create_config(**kwargs):
+        calls.append(("CreateConfig", kwargs))
+        return lambda builder, net: config
+
+    def postprocess_config(load, func):
+        return lambda builder, net: (lambda made: func(builder, net, made) or made)(load(builder, net))
+
+    def engine_bytes_from_network(load_network, config=None):
+        def build():
+            builder, net, _ = load_network()
+            config(builder, net)
+            if engine is None:
+                fail(["[TRT] Error Code 2: OutOfMemory"], "Invalid Engine. Please ensure the engine was built correctly")
+            return engine
+        return build
+
+    return SimpleNamespace(NetworkFromOnnxPath=network_from_onnx_path, PostprocessNetwork=postprocess_network,
+                           CreateConfig=create_config, PostprocessConfig=postprocess_config,
+                           EngineBytesFromNetwork=engine_bytes_from_network)
 
 
 @pytest.fixture
-def fake_trt(monkeypatch):
+def fake_build(monkeypatch, polygraphy_trt):
     def install(**kwargs):
         calls = []
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls, **kwargs))
+        monkeypatch.setattr(cli, "import_tensorrt", lambda: TRT_ENUMS)
+        monkeypatch.setattr(cli, "import_polygraphy", lambda: fake_polygraphy(calls, **kwargs))
         monkeypatch.setattr(cli, "detect_gpu", lambda: GpuInfo(H100, "9.0"))
         return calls
 
     return install
 
 
-def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, fake_trt):
-    calls = fake_trt()
+def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, fake_build):
+    calls = fake_build()
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old timings")
     rc, out, err = run(capsys, model, "--out", tmp_path / "m.plan", "--workspace", "0.5", "--opt-level", "4",
@@ -385,26 +484,32 @@ def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, f
     assert cache.read_bytes() == b"old timings+new timings"  # read, extended, written back
     sidecar = check_sidecar(tmp_path / "m.plan", "10.16.0.72", H100, "9.0")
     assert sidecar["build"]["builder_optimization_level"] == 4
-    assert ("network_flags", 2) in calls and ("opt_level", 4) in calls
-    assert ("workspace", "workspace", 1 << 29) in calls
-    profile = next(c[1] for c in calls if c[0] == "profile")
-    assert profile["image"] == ((1, 3, 64, 64), (1, 3, 512, 512), (2, 3, 1024, 1024))
-    assert profile["w_texture"] == profile["w_style"] == ((1,), (1,), (2,))
+    kwargs = dict(calls)
+    assert kwargs["NetworkFromOnnxPath"]["strongly_typed"] is True
+    assert kwargs["CreateConfig"]["builder_optimization_level"] == 4
+    assert kwargs["CreateConfig"]["memory_pool_limits"] == {"WORKSPACE": 1 << 29}
+    profile = kwargs["CreateConfig"]["profiles"][0]
+    assert tuple(profile["image"]) == ((1, 3, 64, 64), (1, 3, 512, 512), (2, 3, 1024, 1024))
+    assert tuple(profile["w_texture"]) == tuple(profile["w_style"]) == ((1,), (1,), (2,))
     assert "built " in out
 
 
-def test_build_failures_are_reported_with_reasons(model, tmp_path, capsys, fake_trt):
-    fake_trt(parse_ok=False)
+@pytest.mark.parametrize("setup, message", [
+    ({"parse_errors": ["In node 4 with name: /quant/ArgMin and operator: ArgMin: no importer"]},
+     "ONNX parser rejected model_fp16.onnx:\n  In node 4 with name: /quant/ArgMin and operator: ArgMin: no importer"),
+    ({"outputs": ("out",)}, "the parsed network lacks enhanced"),
+    ({"profiles": 0}, "rejected the optimization profile"),
+    ({"engine": None}, "could not build an engine from model_fp16.onnx:\n  [TRT] Error Code 2: OutOfMemory"),
+])
+def test_build_failures_are_reported_with_reasons(model, tmp_path, capsys, fake_build, setup, message):
+    fake_build(**setup)
     rc, _, err = run(capsys, model, "--out", tmp_path / "m.plan")
-    assert rc == cli.EXIT_BUILD_FAILED and "node /quant/ArgMin (ArgMin): no importer" in err
-    fake_trt(engine=None)
-    rc, _, err = run(capsys, model, "--out", tmp_path / "m.plan")
-    assert rc == cli.EXIT_BUILD_FAILED and "could not build" in err
+    assert rc == cli.EXIT_BUILD_FAILED and message in err, err
     assert not (tmp_path / "m.plan").exists() and not (tmp_path / "m.plan.json").exists()
 
 
-def test_a_foreign_timing_cache_is_replaced(model, tmp_path, capsys, fake_trt):
-    fake_trt(cache_fits=False)
+def test_a_foreign_timing_cache_is_replaced(model, tmp_path, capsys, fake_build):
+    fake_build(cache_fits=False)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"from another GPU")
     rc, out, err = run(capsys, model, "--out", tmp_path / "m.plan", "--timing-cache", cache)

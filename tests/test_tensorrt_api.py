@@ -54,7 +54,9 @@ def test_every_tensorrt_name_exists():
         found = trt_api.uses(path.read_text(), trt10)
         checked += len(found)
         errors += [f"{path.relative_to(ROOT)} {e}" for e in trt_api.problems(found, trt11, trt10)]
-    assert checked >= 50, f"only {checked} tensorrt names found: the collector lost track of the code"
+    # 43 when the engine builder moved onto Polygraphy's loaders (60 before: Polygraphy now makes the builder,
+    # parser, profile and build calls; what remains is ours: I/O check, timing cache, enums, the runtime backend).
+    assert checked >= 40, f"only {checked} tensorrt names found: the collector lost track of the code"
     assert not errors, "\n".join(errors)
 
 

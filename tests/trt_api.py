@@ -159,17 +159,19 @@ def uses(source: str, stubs: Api) -> list[tuple[int, str | None, str, bool]]:
 
     The module: ``import tensorrt [as x]``, ``x = import_tensorrt()``, ``self.x = import_tensorrt()``, a
     parameter named ``trt``. Objects: variables (and ``self.`` attributes) assigned from ``trt.Class(...)``
-    or from a method whose stub return type is a TensorRT class, and same-module function parameters that
-    receive such objects. One namespace per file, flow-insensitive: simple, and enough for this code.
+    or from a method whose stub return type is a TensorRT class, same-module function parameters that
+    receive such objects, and parameters annotated ``trt.Class``. One namespace per file, flow-insensitive: simple, and enough for this code.
     """
     tree = ast.parse(source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     key = lambda e: e.id if isinstance(e, ast.Name) else (  # noqa: E731
         f"self.{e.attr}" if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self" else None)
-    modules, types = set(MODULE_PARAMS), {}
+    modules, types = set(), {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules |= {a.asname or a.name for a in node.names if a.name == "tensorrt"}
+        elif isinstance(node, ast.arg) and node.arg in MODULE_PARAMS:  # a file with only a local `trt = {...}` has none
+            modules.add(node.arg)
 
     def is_module(e) -> bool:
         return key(e) in modules or (isinstance(e, ast.Call) and "import_tensorrt" in ast.unparse(e.func))
@@ -188,6 +190,11 @@ def uses(source: str, stubs: Api) -> list[tuple[int, str | None, str, bool]]:
         return types.get(key(e))
 
     funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    for func in funcs.values():  # parameters annotated with a TensorRT class (``config: trt.IBuilderConfig``), for
+        for arg in func.args.args:  # callbacks that a library (Polygraphy) calls, so no call site here types them
+            ann = arg.annotation
+            if isinstance(ann, ast.Attribute) and is_module(ann.value) and ann.attr in stubs.members:
+                types[arg.arg] = ann.attr
     for _ in range(4):  # to a fixed point: types flow through assignments and same-module calls
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign):

@@ -31,8 +31,8 @@ class Artifacts:
     """Lazily made artifacts, each at most once: ``get(kind)`` -> Path, raising ArtifactError with the reason."""
 
     def __init__(self, folder: Path, *, ckpt=None, onnx=None, onnx_fp16=None, engine=None, preset="official",
-                 opset=None, sizes=(), batch=1, threads=2, log=print):
-        self.folder, self.preset, self.opset, self.log = Path(folder), preset, opset, log
+                 opset=None, sizes=(), batch=1, threads=2, device="cpu", log=print):
+        self.folder, self.preset, self.opset, self.log, self.device = Path(folder), preset, opset, log, device
         self.sizes, self.batch, self.threads = list(sizes), batch, threads
         self.paths = {k: Path(v) for k, v in
                       (("checkpoint", ckpt), ("onnx", onnx), ("onnx_fp16", onnx_fp16), ("engine", engine)) if v}
@@ -44,7 +44,8 @@ class Artifacts:
         self.reused: set[str] = set()
         self.errors: dict[str, str] = {}
         self.makers = {"checkpoint": self._checkpoint, "onnx": lambda: self._graph("gather"),
-                       "onnx_onehot": lambda: self._graph("onehot"), "onnx_fp16": self._fp16, "engine": self._engine}
+                       "onnx_onehot": lambda: self._graph("onehot"), "onnx_fp16": self._fp16, "engine": self._engine,
+                       "aoti": self._aoti}
 
     def get(self, kind: str) -> Path:
         """The artifact's path, made (and timed) on first use; ``seconds_to_make`` of a reused file is its lookup."""
@@ -137,3 +138,16 @@ class Artifacts:
         if not self._reuse(plan.engine_path, "TensorRT engine"):
             EngineBuilder(plan, log=self.log).build()
         return plan.engine_path
+
+    def _aoti(self) -> Path:
+        """An AOTInductor package with one static bucket per benchmark size (export.aoti), for this run's device."""
+        from export.aoti import export_aoti
+        from export.onnx import exporter_fingerprint
+
+        ckpt = self.get("checkpoint")
+        sizes = "-".join(f"{h}x{w}" for h, w in self.sizes)
+        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{exporter_fingerprint()}-{self.device}-{sizes}.pt2")
+        if not self._reuse(path, f"AOTInductor package ({self.device}, compiles one bucket per size: minutes)"):
+            export_aoti(ckpt, path, device=self.device, sizes=self.sizes, max_batch=max(1, self.batch),
+                        overwrite=True, log=self.log)
+        return path

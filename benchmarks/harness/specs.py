@@ -4,15 +4,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from contract.sizes import SIZE_ALIASES, parse_size  # noqa: F401  (re-exported: the harness's size names)
-
-
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """A comma list of sizes (contract.sizes.parse_size), in order, without repeats."""
-    sizes = [parse_size(s) for s in text.split(",") if s.strip()]
-    if not sizes:
-        raise ValueError("--sizes is empty")
-    return list(dict.fromkeys(sizes))  # keep order, drop repeats
+from contract.sizes import SIZE_ALIASES, parse_size, parse_sizes  # noqa: F401  (the harness's size names)
 
 
 def size_label(hw: tuple[int, int]) -> str:
@@ -23,15 +15,15 @@ def size_label(hw: tuple[int, int]) -> str:
 class BackendSpec:
     name: str
     runtime: str  # which runtime/ backend class runs it: "torch", "onnxruntime" or "tensorrt"
-    precision: str  # "fp32" or "fp16" (the graph or autocast decides what stays fp32)
-    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot" or "engine"
+    precision: str  # "fp32", "fp16" or "bf16" (the graph, autocast or OpenVINO keeps the FP32 islands)
+    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine" or "aoti"
     summary: str
     needs_cuda: bool = False
 
     @property
     def precision_label(self) -> str:
         """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
-        return "fp16-mixed" if self.precision == "fp16" else self.precision
+        return self.precision if self.precision == "fp32" else f"{self.precision}-mixed"
 
 
 BACKENDS = {
@@ -47,6 +39,10 @@ BACKENDS = {
                     needs_cuda=True),
         BackendSpec("onehot", "onnxruntime", "fp32", "onnx_onehot",
                     "ONNX Runtime, fp32 graph with the original one-hot lookup (baseline)"),
+        BackendSpec("openvino", "openvino", "fp32", "onnx", "OpenVINO CPU, fp32 graph (f32 hint set explicitly)"),
+        BackendSpec("openvino-bf16", "openvino", "bf16", "onnx",
+                    "OpenVINO CPU, bf16 hint with the FP32 islands kept (nearest-code search, normalisation)"),
+        BackendSpec("aoti", "aoti", "fp32", "aoti", "AOTInductor package (export.aoti), one static bucket per size"),
     )
 }
 
@@ -54,7 +50,7 @@ BACKENDS = {
 REFERENCE = "torch"
 # The one-hot baseline is opt-in (--backends ...,onehot): its extra export of the official model costs minutes on a
 # small CPU, and benchmarks/onnx_lookup.py already compares the two lookups.
-DEFAULT_BACKENDS = ("torch", "torch-fp16", "onnxruntime", "onnxruntime-fp16", "tensorrt")
+DEFAULT_BACKENDS = ("torch", "torch-fp16", "onnxruntime", "onnxruntime-fp16", "openvino", "openvino-bf16", "tensorrt")
 
 
 def parse_backends(text: str) -> list[str]:
@@ -73,6 +69,8 @@ def skip_reason(spec: BackendSpec, device: str, cuda_available: bool, ort_provid
         reasons.append(f"needs a CUDA GPU and this run uses --device {device}")
     if (spec.needs_cuda or device == "cuda") and not cuda_available:
         reasons.append("no usable CUDA GPU on this machine")
+    if spec.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        reasons.append("OpenVINO is not installed (pip install -e '.[openvino]')")
     if spec.runtime == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         reasons.append("the TensorRT Python package is not installed (pip install -e '.[tensorrt]')")
     if spec.runtime == "onnxruntime" and device == "cuda" and "CUDAExecutionProvider" not in ort_providers:

@@ -41,14 +41,19 @@ def ru_maxrss_mb() -> float:
 
 
 def make_backend(job: dict):
-    """The runtime/ backend for the job; create_backend imports only that runtime (ORT workers never load torch)."""
+    """The runtime/ backend for the job, given the options its registry entry takes; create_backend imports only
+    that runtime (ORT and OpenVINO workers never load torch)."""
     from runtime import create_backend
+    from runtime.registry import BACKENDS
 
-    options = {
-        "torch": {"device": job["device"], "precision": job["precision"], "threads": job["threads"]},
-        "onnxruntime": {"providers": "cuda" if job["device"] == "cuda" else None, "threads": job["threads"]},
-        "tensorrt": {},
-    }[job["runtime"]]
+    wanted = {"device": job["device"], "precision": job["precision"], "threads": job["threads"],
+              "providers": "cuda" if job["device"] == "cuda" else None}
+    spec = BACKENDS[job["runtime"]]
+    options = {k: v for k, v in wanted.items() if k in spec.options and v is not None}
+    if job["runtime"] == "tensorrt":
+        options.pop("device", None)  # the engine's GPU: device 0 (its sidecar names the GPU it was built for)
+    if job["runtime"] == "openvino":
+        options["device"] = "CPU"
     return create_backend(job["artifact"], job["runtime"], **options)
 
 

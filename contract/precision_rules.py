@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from contract.errors import ToolkitError
+from .errors import ToolkitError
+from .graph import FP32_ISLANDS
 
 FP16_MAX = float(np.finfo(np.float16).max)
 FLOAT = TensorProto.FLOAT
-REASONS = ("lookup", "normalisation", "overflow", "user")
+REASONS = (*FP32_ISLANDS, "overflow", "user")  # the islands of every mixed-precision form, then the FP16-only rules
 
 NORM_OPS = {"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
             "MeanVarianceNormalization", "LpNormalization", "RMSNormalization"}
@@ -185,10 +186,21 @@ def user_nodes(ix: GraphIndex, tokens: list[str]) -> set[str]:
     return keep
 
 
+def island_rules(ix: GraphIndex) -> dict[str, set[str]]:
+    """Each island of contract.graph.FP32_ISLANDS -> its nodes in this graph (FP16 graph and OpenVINO bf16 alike)."""
+    lookup = lookup_nodes(ix)
+    rules = {"lookup": lookup, "normalisation": normalisation_nodes(ix, exclude=lookup)}
+    assert tuple(rules) == tuple(FP32_ISLANDS), "one rule per declared island"
+    return rules
+
+
+def reasons_by_node(ix: GraphIndex, rules: dict[str, set[str]]) -> dict[str, list[str]]:
+    """node name -> the rules (in ``rules`` order) that keep it in FP32, for float nodes that any rule names."""
+    reasons = {n.name: [r for r in rules if n.name in rules[r]] for n in ix.nodes if ix.has_precision(n)}
+    return {name: why for name, why in reasons.items() if why}
+
+
 def classify(ix: GraphIndex, absmax: dict[str, float], data_max: float, user: set[str] = frozenset()) -> dict[str, list[str]]:
     """node name -> the reasons it stays FP32 (in REASONS order); ``user``: names from user_nodes."""
-    lookup = lookup_nodes(ix)
-    rules = {"lookup": lookup, "normalisation": normalisation_nodes(ix, exclude=lookup),
-             "overflow": set(overflow_nodes(ix, absmax, data_max)), "user": set(user)}
-    reasons = {n.name: [r for r in REASONS if n.name in rules[r]] for n in ix.nodes if ix.has_precision(n)}
-    return {name: why for name, why in reasons.items() if why}
+    rules = {**island_rules(ix), "overflow": set(overflow_nodes(ix, absmax, data_max)), "user": set(user)}
+    return reasons_by_node(ix, rules)

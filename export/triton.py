@@ -1,0 +1,405 @@
+"""python -m export.triton --model model.onnx --out REPO: a Triton Inference Server model repository.
+
+Models written (each keeps the graph contract: ``image`` FP32 [N,3,H,W] RGB in [0,1], ``w_texture`` and
+``w_style`` FP32 [N], one per image -> ``enhanced`` FP32 [N,3,H,W] in [0,1]):
+
+- ``codeenhance``: Python backend running the model through this toolkit's runtime backends (ONNX Runtime by
+  default, or any backend of ``runtime.registry`` with --python-model/--python-backend). It runs on any Triton,
+  GPU or not, and is the one ``python -m runtime.serve`` serves here. Checks each request (weights, NaN, the
+  largest size) and answers a bad one with an error without failing the rest of its batch.
+- ``codeenhance_onnx``: the ``onnxruntime_onnx`` platform with the TensorRT (FP32 by default) and CUDA execution
+  accelerators configured, for a Triton with a GPU.
+- ``codeenhance_trt``: the ``tensorrt_plan`` platform for an engine from ``python -m export.tensorrt`` (only with
+  --engine; its sidecar must be there and follow the contract; the engine is mapped to the compute capability it
+  was built for).
+
+Every model has dynamic batching (Triton batches requests whose inputs have the same shape) and an instance
+group; REPO/README.md tells an operator how to run it. Exit status: 0 written, 2 bad arguments or model files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.errors import EXIT_OK, EXIT_USAGE, ToolkitError
+from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_RANGE
+
+PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
+# The Enhancer's per-call budget (runtime.enhancer.DEFAULT_MAX_PIXELS is 1920x1088): the default largest image.
+DEFAULT_MAX_HW = (1088, 1920)
+DEFAULT_MAX_BATCH = 8
+DEFAULT_DELAY_US = 1000
+OPT_HW = (720, 1280)  # the TensorRT EP's optimisation shape (and the ONNX model's warmup)
+
+
+class RepositoryError(ToolkitError):
+    """A repository that cannot be written (options, model files, engine sidecar)."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What every model in the repository shares."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    instances: int = 1
+    dynamic_batching: bool = True
+    delay_us: int = DEFAULT_DELAY_US
+    max_hw: tuple[int, int] = DEFAULT_MAX_HW
+
+    def validate(self) -> None:
+        if self.max_batch < 1 or self.instances < 1:
+            raise RepositoryError(f"--max-batch and --instances must be >= 1, got {self.max_batch}, {self.instances}")
+        if self.delay_us < 0:
+            raise RepositoryError(f"--delay-us must be >= 0, got {self.delay_us}")
+        if min(self.max_hw) < 1:
+            raise RepositoryError(f"--max-size must be HxW with positive sides, got {self.max_hw}")
+
+
+def io_block(data_type: str = "TYPE_FP32") -> str:
+    """Inputs and outputs in Triton's terms: with max_batch_size > 0 the batch dimension is implicit; a weight is
+    one number per image, declared [1] and reshaped to a scalar so the model gets [N] (the graph's shape)."""
+    image, w_texture, w_style = INPUT_NAMES
+    weight = '  {{ name: "{}" data_type: {} dims: [ 1 ] reshape: {{ shape: [ ] }} }}'
+    return "\n".join([
+        "input [",
+        f'  {{ name: "{image}" data_type: {data_type} dims: [ 3, -1, -1 ] }},',
+        weight.format(w_texture, data_type) + ",",
+        weight.format(w_style, data_type),
+        "]",
+        "output [",
+        f'  {{ name: "{OUTPUT_ENHANCED}" data_type: {data_type} dims: [ 3, -1, -1 ] }}',
+        "]",
+    ])
+
+
+def batching_block(serving: Serving) -> str:
+    if not serving.dynamic_batching:
+        return "# dynamic batching off: each request runs alone"
+    return ("# Triton batches only requests whose inputs have the same shape (same H and W).\n"
+            f"dynamic_batching {{ max_queue_delay_microseconds: {serving.delay_us} }}")
+
+
+def parameter(key: str, value: str) -> str:
+    return f"parameters: {{ key: {json.dumps(key)} value: {{ string_value: {json.dumps(value)} }} }}"
+
+
+def python_config(name: str, serving: Serving, model_file: str, runtime_backend: str = "",
+                  backend_options: dict | None = None, python_path: str = "") -> str:
+    lines = [
+        f'name: "{name}"',
+        'backend: "python"',
+        f"max_batch_size: {serving.max_batch}",
+        io_block(),
+        batching_block(serving),
+        f"instance_group [ {{ count: {serving.instances} kind: KIND_CPU }} ]",
+        parameter("model_file", model_file),
+        parameter("runtime_backend", runtime_backend),
+        parameter("backend_options", json.dumps(backend_options or {})),
+        parameter("max_hw", f"{serving.max_hw[0]}x{serving.max_hw[1]}"),
+        parameter("python_path", python_path),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def shapes(n: int, h: int, w: int) -> str:
+    """An ORT TensorRT-EP profile shape list for the three inputs."""
+    image, w_texture, w_style = INPUT_NAMES
+    return f"{image}:{n}x3x{h}x{w},{w_texture}:{n},{w_style}:{n}"
+
+
+def warmup_block(h: int, w: int) -> str:
+    """One batch-1 request at the optimisation shape (zeros are valid weights), so the first client does not pay
+    for the TensorRT engine build."""
+    image, w_texture, w_style = INPUT_NAMES
+    return "\n".join([
+        "model_warmup [ {",
+        f'  name: "{h}x{w}" batch_size: 1',
+        f'  inputs {{ key: "{image}" value: {{ data_type: TYPE_FP32 dims: [ 3, {h}, {w} ] zero_data: true }} }}',
+        f'  inputs {{ key: "{w_texture}" value: {{ data_type: TYPE_FP32 dims: [ 1 ] zero_data: true }} }}',
+        f'  inputs {{ key: "{w_style}" value: {{ data_type: TYPE_FP32 dims: [ 1 ] zero_data: true }} }}',
+        "} ]",
+    ])
+
+
+def onnx_config(name: str, serving: Serving, precision_mode: str = "FP32") -> str:
+    max_h, max_w = serving.max_hw
+    opt_h, opt_w = min(OPT_HW[0], max_h), min(OPT_HW[1], max_w)
+    trt = {
+        "precision_mode": precision_mode,
+        "max_workspace_size_bytes": str(4 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/tmp/codeenhance_trt_cache",
+        "trt_timing_cache_enable": "1",
+        "trt_profile_min_shapes": shapes(1, 1, 1),
+        "trt_profile_opt_shapes": shapes(1, opt_h, opt_w),
+        "trt_profile_max_shapes": shapes(serving.max_batch, max_h, max_w),
+    }
+    trt_params = "\n".join(f'      parameters {{ key: "{k}" value: "{v}" }}' for k, v in trt.items())
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        'default_model_filename: "model.onnx"',
+        f"max_batch_size: {serving.max_batch}",
+        io_block(),
+        batching_block(serving),
+        f"instance_group [ {{ count: {serving.instances} kind: KIND_GPU }} ]",
+        "# TensorRT first (ONNX Runtime's TensorRT EP, nodes it cannot take go to CUDA), else the CUDA EP.",
+        "optimization { execution_accelerators { gpu_execution_accelerator: [",
+        '    { name: "tensorrt"',
+        trt_params,
+        "    } ] } }",
+        warmup_block(opt_h, opt_w),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def trt_config(name: str, serving: Serving, compute_capability: str | None) -> str:
+    lines = [
+        f'name: "{name}"',
+        'platform: "tensorrt_plan"',
+        'default_model_filename: "model.plan"',
+    ]
+    if compute_capability:
+        lines.append(f'cc_model_filenames {{ key: "{compute_capability}" value: "model.plan" }}')
+    lines += [
+        f"max_batch_size: {serving.max_batch}",
+        io_block(),
+        batching_block(serving),
+        f"instance_group [ {{ count: {serving.instances} kind: KIND_GPU }} ]",
+        "# CUDA graphs stay off: with free H and W a graph serves only the shape it was captured for.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def check_onnx(path: Path) -> str:
+    """The graph's precision; RepositoryError when it is not an ONNX graph with the contract's inputs."""
+    from .trt_plan import PlanError, inspect_onnx
+
+    try:
+        summary = inspect_onnx(path)
+    except PlanError as e:
+        raise RepositoryError(f"--model {path}: {e}") from e
+    missing = [n for n in INPUT_NAMES if n not in summary.inputs]
+    if missing or OUTPUT_ENHANCED not in summary.outputs:
+        raise RepositoryError(f"--model {path} does not follow the graph contract (inputs {', '.join(INPUT_NAMES)}, "
+                              f"output {OUTPUT_ENHANCED}); it has inputs {', '.join(summary.inputs)}, outputs "
+                              f"{', '.join(summary.outputs)}. Export it with python -m export.onnx")
+    wrong = [f"{n} is {s.dtype}" for n, s in summary.inputs.items() if n in INPUT_NAMES and s.dtype != "float32"]
+    if wrong:
+        raise RepositoryError(f"--model {path}: {', '.join(wrong)}; the repository's contract is FP32 I/O")
+    return summary.precision
+
+
+def check_engine(engine: Path, serving: Serving) -> tuple[dict, Serving]:
+    """The engine's sidecar, and the serving limits narrowed to its shape profile."""
+    from contract.engine_sidecar import StaleEngineError, read_sidecar, sidecar_path
+
+    if not engine.is_file():
+        raise RepositoryError(f"--engine {engine} not found")
+    try:
+        sidecar = read_sidecar(engine)
+    except StaleEngineError as e:
+        raise RepositoryError(str(e)) from e
+    if sidecar is None:
+        raise RepositoryError(f"--engine {engine} has no sidecar {sidecar_path(engine).name}: the TensorRT version "
+                              "and GPU it was built for are unknown. Build it with python -m export.tensorrt")
+    missing = [k for k in ("tensorrt_version", "gpu_name", "compute_capability") if not sidecar.get(k)]
+    io = sidecar.get("io", {})
+    if missing:
+        raise RepositoryError(f"engine sidecar {sidecar_path(engine)} lacks {', '.join(missing)}; rebuild the engine")
+    if set(INPUT_NAMES) - set(io.get("inputs", [])) or OUTPUT_ENHANCED not in io.get("outputs", []):
+        raise RepositoryError(f"engine {engine} does not follow the graph contract: its sidecar lists {io}")
+    image_max = sidecar.get("profile", {}).get("image", {}).get("max")
+    if not image_max or len(image_max) != 4:
+        raise RepositoryError(f"engine sidecar {sidecar_path(engine)} has no image profile; rebuild the engine")
+    narrowed = Serving(max_batch=min(serving.max_batch, int(image_max[0])), instances=serving.instances,
+                       dynamic_batching=serving.dynamic_batching, delay_us=serving.delay_us,
+                       max_hw=(min(serving.max_hw[0], int(image_max[2])), min(serving.max_hw[1], int(image_max[3]))))
+    return sidecar, narrowed
+
+
+def write_model(repo: Path, name: str, config: str, files: dict[str, Path | str]) -> Path:
+    """``repo/name/config.pbtxt`` and ``repo/name/1/<file>`` for each file (a path to copy, or text)."""
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    for target, source in files.items():
+        if isinstance(source, Path):
+            shutil.copyfile(source, version / target)
+        else:
+            (version / target).write_text(source)
+    return repo / name
+
+
+def write_python_model(repo: Path, model: Path, serving: Serving, *, name: str = PYTHON_MODEL,
+                       runtime_backend: str = "", backend_options: dict | None = None) -> Path:
+    """The Python-backend model only (also used by the benchmark for its variants)."""
+    target = f"model{model.suffix}" if model.is_file() else model.name
+    version = repo / name / "1"
+    if model.is_dir():  # an OpenVINO IR folder or similar: copied whole
+        version.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(model, version / target, dirs_exist_ok=True)
+    config = python_config(name, serving, target, runtime_backend, backend_options)
+    files = {"model.py": PYTHON_MODEL_SOURCE.read_text()}
+    if model.is_file():
+        files[target] = model
+    return write_model(repo, name, config, files)
+
+
+def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), engine: Path | None = None,
+                     python_model: Path | None = None, python_backend: str | None = None,
+                     threads: int | None = None, trt_ep_precision: str = "FP32", overwrite: bool = False) -> list[str]:
+    """Write the repository; returns the model names written."""
+    serving.validate()
+    model, out = Path(model), Path(out)
+    if not model.is_file():
+        raise RepositoryError(f"--model {model} not found (an ONNX graph from python -m export.onnx)")
+    precision = check_onnx(model)
+    sidecar, trt_serving = check_engine(Path(engine), serving) if engine else (None, None)
+    if python_model is not None and not Path(python_model).exists():
+        raise RepositoryError(f"--python-model {python_model} not found")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RepositoryError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+        if not (out / "README.md").is_file() and not any(p.name == "config.pbtxt" for p in out.glob("*/config.pbtxt")):
+            raise RepositoryError(f"--out {out} does not look like a model repository; refusing to delete it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"threads": threads} if threads else {}
+    write_python_model(out, Path(python_model or model), serving, runtime_backend=python_backend or "",
+                       backend_options=options)
+    names = [PYTHON_MODEL]
+    write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model})
+    names.append(ONNX_MODEL)
+    if engine:
+        write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving, sidecar.get("compute_capability")),
+                    {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"})
+        names.append(TRT_MODEL)
+    (out / "README.md").write_text(operator_readme(names, serving, trt_serving, sidecar, precision, trt_ep_precision,
+                                                   Path(python_model or model).name, python_backend))
+    return names
+
+
+def operator_readme(names, serving: Serving, trt_serving, sidecar, precision, trt_ep_precision, python_file,
+                    python_backend) -> str:
+    max_h, max_w = serving.max_hw
+    low, high = WEIGHT_RANGE
+    trt_lines = ""
+    if sidecar:
+        trt_lines = f"""
+- `{TRT_MODEL}`: TensorRT engine `1/model.plan`, built with TensorRT {sidecar['tensorrt_version']} on
+  {sidecar['gpu_name']} (compute capability {sidecar['compute_capability']}; `1/model.plan.json` is its sidecar).
+  It loads only where the container's TensorRT is exactly {sidecar['tensorrt_version']} and the GPU has that compute
+  capability: pick the Triton container release whose TensorRT matches, or rebuild the engine inside it
+  (`python -m export.tensorrt`). Largest image {trt_serving.max_hw[0]}x{trt_serving.max_hw[1]}, max batch
+  {trt_serving.max_batch} (the engine's profile).
+"""
+    return f"""# CodeEnhance model repository for Triton Inference Server
+
+Written by `python -m export.triton`. Models: {', '.join(f'`{n}`' for n in names)}.
+
+## Contract (every model)
+- inputs: `image` FP32 [N,3,H,W], RGB in [0,1], any H, W >= 1 (padding to the network's multiple of 32 happens
+  inside the model); `w_texture`, `w_style` FP32 [N,1] on the wire (one per image; [{low:g}, {high:g}], 1.0 is the
+  trained default, 0 turns the term off);
+- output: `enhanced` FP32 [N,3,H,W] in [0,1].
+- max batch {serving.max_batch}; largest image {max_h}x{max_w} (HxW) for `{PYTHON_MODEL}` (checked per request:
+  larger images get an INVALID_ARG error, the client tiles them: `runtime.Enhancer` does).
+- Image-level work (8/16-bit, gray, alpha, tiling) is the client's: `python -m runtime photos/ -o out/ --model
+  triton://HOST:8000/{PYTHON_MODEL}` or `runtime.Enhancer(backend=TritonBackend("triton://HOST:8000/{PYTHON_MODEL}"))`.
+
+## Models
+- `{PYTHON_MODEL}`: Python backend; `1/model.py` runs `1/{python_file}` through the toolkit's runtime
+  ({python_backend or 'backend chosen from the file: ONNX Runtime for .onnx'}), {serving.instances} instance(s) on
+  CPU (each is a process). Needs the toolkit in the Python that the backend stub runs (see below).
+- `{ONNX_MODEL}`: ONNX Runtime backend (graph precision: {precision}) with ONNX Runtime's TensorRT execution
+  provider in {trt_ep_precision} (engine cache in /tmp/codeenhance_trt_cache inside the container; the first load
+  builds it: a warmup request at {min(OPT_HW[0], max_h)}x{min(OPT_HW[1], max_w)} does it before the model is
+  ready) and CUDA for what TensorRT does not take. {serving.instances} instance(s) per GPU. For FP16 use the mixed
+  graph of `python -m export.precision` (it keeps the code lookup and normalisations in FP32; the EP's blanket
+  FP16 mode would not).
+{trt_lines}
+## Batching and how clients should size images
+Dynamic batching is {'on' if serving.dynamic_batching else 'off'}{f' (max queue delay {serving.delay_us} us)' if serving.dynamic_batching else ''}.
+Triton puts requests into one batch only when their inputs have the same shape, so only same-size images are
+batched; other sizes run in their own batches (never rejected). Padding a client's image to a common size is not
+an option: the model's IFT statistics are global over the image, so padding changes the result. Clients get
+batching by sending their native sizes when they are uniform (a camera's frames), and large images tiled at one
+tile size (`runtime.Enhancer` cuts tiles of one size per image, 32k-1 pixels: no extra padding work).
+
+## Run it in the Triton container
+```bash
+docker run --rm --gpus all --shm-size=1g -p8000:8000 -p8001:8001 -p8002:8002 \\
+  -v $PWD/{'REPO'}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+  bash -c "pip install codeenhance-deploy onnxruntime && tritonserver --model-repository=/models"
+```
+- The Python backend's stub runs the container's Python: install the toolkit and onnxruntime there (or point the
+  `python_path` parameter of `{PYTHON_MODEL}/config.pbtxt` at a folder holding them, or pack an environment with
+  conda-pack and set `EXECUTION_ENV_PATH`; its Python minor version must be the stub's).
+- Without a GPU, serve only `{PYTHON_MODEL}`: `--model-control-mode=explicit --load-model={PYTHON_MODEL}`.
+- Here (no container): `python -m runtime.serve --repository REPO` starts the Triton server shipped in the
+  `nvidia-pytriton` wheel with the Python backend (the `{ONNX_MODEL}`/`{TRT_MODEL}` models need backends that
+  wheel lacks and are left out).
+- Health: `curl localhost:8000/v2/health/ready`; per model `/v2/models/{PYTHON_MODEL}/ready`.
+
+## Growing past one machine
+- Instances: `instance_group` count (`--instances`) runs more copies per machine (per GPU for the GPU models); on
+  CPU each `{PYTHON_MODEL}` instance needs its share of cores (set `--threads` so instances x threads <= cores).
+- Replicas: the server is stateless; run one per machine or GPU node behind a load balancer (Kubernetes
+  Deployment with readiness probe `/v2/health/ready`), and scale on queue time (`nv_inference_queue_duration_us`
+  on the metrics port 8002).
+"""
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 1088x1920, got {text!r}") from None
+    return h, w
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="ONNX graph (python -m export.onnx / export.precision)")
+    p.add_argument("--out", required=True, type=Path, help="the model repository folder to write")
+    p.add_argument("--engine", type=Path, help="TensorRT engine with its sidecar (python -m export.tensorrt)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"max_batch_size (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (per GPU for GPU models; default 1)")
+    p.add_argument("--max-size", type=parse_hw, default=DEFAULT_MAX_HW, metavar="HxW",
+                   help=f"largest image per request (default {DEFAULT_MAX_HW[0]}x{DEFAULT_MAX_HW[1]})")
+    p.add_argument("--delay-us", type=int, default=DEFAULT_DELAY_US,
+                   help=f"dynamic batching's max queue delay in microseconds (default {DEFAULT_DELAY_US})")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone")
+    p.add_argument("--python-model", type=Path, help=f"model file for {PYTHON_MODEL} (default: --model)")
+    p.add_argument("--python-backend", help=f"runtime backend for {PYTHON_MODEL} (default: from the file)")
+    p.add_argument("--threads", type=int, help=f"ONNX Runtime/torch threads per {PYTHON_MODEL} instance")
+    p.add_argument("--trt-ep-precision", choices=("FP32", "FP16"), default="FP32",
+                   help=f"{ONNX_MODEL}: TensorRT EP precision_mode (FP16 casts everything; default FP32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    serving = Serving(max_batch=args.max_batch, instances=args.instances, dynamic_batching=not args.no_dynamic_batching,
+                      delay_us=args.delay_us, max_hw=args.max_size)
+    try:
+        names = write_repository(args.model, args.out, serving=serving, engine=args.engine,
+                                 python_model=args.python_model, python_backend=args.python_backend,
+                                 threads=args.threads, trt_ep_precision=args.trt_ep_precision, overwrite=args.overwrite)
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {args.out}: {', '.join(names)} (see {args.out / 'README.md'})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Triton Python-backend model for CodeEnhance: ``export.triton`` copies this file to ``<model>/1/model.py``.
+
+It runs the model file next to it through the toolkit's own runtime backends (``runtime.registry``: ONNX Runtime
+for an .onnx graph by default; torch, OpenVINO or a compiled package when the repository was made with one), so the
+server computes exactly what ``runtime.Enhancer`` computes in process. It sees only the graph contract: ``image``
+FP32 [N,3,H,W] RGB in [0,1], ``w_texture``/``w_style`` FP32 [N] (one per image) -> ``enhanced`` FP32 [N,3,H,W].
+
+Every request is checked on its own (weights finite in [0, 4], image finite and within the configured largest
+size); a bad one gets an INVALID_ARG error response and the others in the same dynamic batch still run. Nothing
+raises out of ``execute``, so the stub and the server keep serving.
+
+The toolkit and its dependencies must be importable by the Python backend's stub: installed in the container's
+Python (``pip install codeenhance-deploy onnxruntime``), or listed in the ``python_path`` parameter or the
+``CODEENHANCE_PYTHONPATH`` environment variable (``python -m runtime.serve`` sets it), which are *appended* to
+``sys.path`` (not prepended: the stub's own standard library must stay first).
+"""
+import json
+import os
+import re
+import sys
+
+
+def extend_path() -> None:
+    """Append the ``python_path`` parameter (read from ../config.pbtxt: numpy may come from there, and it is needed
+    before the config reaches initialize) and $CODEENHANCE_PYTHONPATH to sys.path."""
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config.pbtxt")
+    try:
+        with open(config) as f:
+            found = re.search(r'key:\s*"python_path"\s*value:\s*{\s*string_value:\s*"([^"]*)"', f.read())
+    except OSError:
+        found = None
+    extra = (found.group(1) if found else "").split(os.pathsep) + \
+        os.environ.get("CODEENHANCE_PYTHONPATH", "").split(os.pathsep)
+    for entry in extra:
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+
+
+extend_path()
+
+import numpy as np  # noqa: E402 - after extend_path
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+def parameters(config: dict) -> dict:
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
+def parse_hw(text: str):
+    if not text:
+        return None
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def output_tensor(name: str, array: np.ndarray):
+    """A response tensor. Through DLPack: the stub's pybind11 numpy bridge predates numpy 2 and reads a numpy 2
+    array as 0 bytes (the client then gets an empty or mis-sized output)."""
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
+
+def input_array(request, name: str):
+    """A request's input as numpy (None when missing), through DLPack under numpy 2 (see output_tensor)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        return np.from_dlpack(tensor)
+    return tensor.as_numpy()
+
+
+def invalid(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
+def internal(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        try:
+            from contract.graph import WEIGHT_RANGE
+            from runtime.registry import choose_backend
+        except ImportError as e:
+            raise pb_utils.TritonModelException(
+                f"codeenhance: cannot import the toolkit ({e}); install codeenhance-deploy and its runtime "
+                "dependencies in the Python the backend stub runs, or set the python_path parameter") from e
+        self.name = args["model_name"]
+        self.weight_range = WEIGHT_RANGE
+        self.max_hw = parse_hw(params.get("max_hw", ""))
+        self.max_batch = int(config.get("max_batch_size", 0)) or None
+        model_file = os.path.join(args["model_repository"], args["model_version"], params.get("model_file", "model.onnx"))
+        options = json.loads(params.get("backend_options", "") or "{}")
+        spec = choose_backend(model_file, params.get("runtime_backend") or None)
+        self.backend = spec.load_class()(model_file, **options)
+        self.backend.load()
+        info = self.backend.describe()
+        pb_utils.Logger.log_info(f"{self.name}: {model_file} on {info.name} ({info.device}, {info.precision}), "
+                                 f"largest image {self.max_hw}, max batch {self.max_batch}")
+
+    def check(self, request):
+        """(image, w_texture, w_style) of one request, or an error response."""
+        arrays = []
+        for name in ("image", "w_texture", "w_style"):
+            array = input_array(request, name)
+            if array is None:
+                return invalid(f"{self.name}: input {name!r} is missing")
+            arrays.append(array)
+        image, w_texture, w_style = arrays
+        if image.ndim != 4 or image.shape[1] != 3 or image.dtype != np.float32:
+            return invalid(f"{self.name}: image must be FP32 [N,3,H,W], got {image.dtype} {list(image.shape)}")
+        n, _, h, w = image.shape
+        if h < 1 or w < 1 or n < 1:
+            return invalid(f"{self.name}: image is empty: {list(image.shape)}")
+        if self.max_hw and (h > self.max_hw[0] or w > self.max_hw[1]):
+            return invalid(f"{self.name}: image {h}x{w} exceeds the largest size this model is configured for, "
+                           f"{self.max_hw[0]}x{self.max_hw[1]} (HxW); tile it on the client (runtime.Enhancer does)")
+        weights = []
+        for name, value in (("w_texture", w_texture), ("w_style", w_style)):
+            value = np.asarray(value, dtype=np.float32).reshape(-1)
+            if value.shape != (n,):
+                return invalid(f"{self.name}: {name} must have one value per image ({n}), got shape {list(value.shape)}")
+            low, high = self.weight_range
+            if not ((value >= low) & (value <= high)).all():  # NaN fails both comparisons
+                return invalid(f"{self.name}: {name} must be finite numbers in [{low:g}, {high:g}], got "
+                               f"{', '.join(f'{v:g}' for v in value)}")
+            weights.append(value)
+        if not np.isfinite(image).all():
+            return invalid(f"{self.name}: image has NaN or infinite values; it must be finite, in [0,1]")
+        return np.array(image, dtype=np.float32, order="C"), weights[0], weights[1]  # a copy: inputs do not outlive the call
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}  # (H, W) -> indexes of the valid requests of that size
+        checked = []
+        for i, request in enumerate(requests):
+            try:
+                item = self.check(request)
+            except Exception as e:  # noqa: BLE001 - a bad request must never take the batch down
+                item = invalid(f"{self.name}: cannot read the request: {e}")
+            checked.append(item)
+            if isinstance(item, tuple):
+                groups.setdefault(item[0].shape[2:], []).append(i)
+            else:
+                responses[i] = item
+        for indexes in groups.values():
+            self.run_group(indexes, checked, responses)
+        return responses
+
+    def run_group(self, indexes, checked, responses):
+        """One backend call per same-size group (within max_batch images); each request gets its own slice."""
+        limit = self.max_batch or sum(checked[i][0].shape[0] for i in indexes)
+        start = 0
+        while start < len(indexes):
+            chunk, count = [], 0
+            while start < len(indexes) and (not chunk or count + checked[indexes[start]][0].shape[0] <= limit):
+                chunk.append(indexes[start])
+                count += checked[indexes[start]][0].shape[0]
+                start += 1
+            try:
+                images = np.concatenate([checked[i][0] for i in chunk])
+                w_texture = np.concatenate([checked[i][1] for i in chunk])
+                w_style = np.concatenate([checked[i][2] for i in chunk])
+                out = self.backend.infer(images, w_texture, w_style).enhanced
+                if not np.isfinite(out).all():
+                    raise RuntimeError("the backend returned NaN or infinite values")
+            except Exception as e:  # noqa: BLE001 - reported to each request of the call, the server goes on
+                h, w = checked[chunk[0]][0].shape[2:]
+                message = f"{self.name}: inference failed for a batch of {count} image(s) of {h}x{w}: {e}"
+                for i in chunk:
+                    responses[i] = internal(message)
+                continue
+            offset = 0
+            for i in chunk:
+                n = checked[i][0].shape[0]
+                tensor = output_tensor("enhanced", np.array(out[offset:offset + n], dtype=np.float32, order="C"))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                offset += n
+
+    def finalize(self):
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()

@@ -1,0 +1,144 @@
+"""Triton backend: the graph contract over HTTP to a Triton Inference Server (``triton://HOST:PORT/MODEL``).
+
+The server sees only the contract (``image`` FP32 [N,3,H,W] in [0,1], ``w_texture``/``w_style`` one per image ->
+``enhanced``); everything about real images (dtype, gray/alpha, tiling) stays in ``runtime.Enhancer`` on the
+client. The model's ``max_batch_size`` and largest image (the ``max_hw`` parameter that ``export.triton`` writes)
+come from the server's model configuration, so the Enhancer batches and tiles within them. Every error from the
+server or the connection becomes a BackendError naming the batch it was for.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED
+
+from .backend import BackendBase, BackendError, BackendInfo, InferResult
+
+SCHEME = "triton://"
+# triton://HOST[:PORT]/MODEL[/VERSION]; "triton:/" too, which is what pathlib makes of "triton://" (it folds "//").
+URL = re.compile(r"^triton:/{1,2}(?P<host>\[[^\]]+\]|[^/:\[\]]+)(?::(?P<port>\d+))?/(?P<model>[^/]+)(?:/(?P<version>\d+))?/?$")
+DEFAULT_PORT = 8000
+INSTALL_HINT = 'pip install "codeenhance-deploy[serve]" (tritonclient[http])'
+
+
+def is_triton_url(model) -> bool:
+    return str(model).startswith("triton:/")
+
+
+def parse_url(url) -> tuple[str, int, str, str]:
+    """(host, port, model, version) of a ``triton://HOST:PORT/MODEL[/VERSION]`` URL; BackendError otherwise."""
+    match = URL.match(str(url))
+    if not match:
+        raise BackendError(f"not a Triton model URL: {url!s}; expected triton://HOST:PORT/MODEL, e.g. "
+                           "triton://localhost:8000/codeenhance")
+    return match["host"], int(match["port"] or DEFAULT_PORT), match["model"], match["version"] or ""
+
+
+def parse_hw(text: str) -> tuple[int, int] | None:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        return None
+
+
+class TritonBackend(BackendBase):
+    """``url``: triton://HOST:PORT/MODEL (HTTP port). ``timeout``: seconds for one request (a large batch on CPU
+    takes long; default 600)."""
+
+    name = "triton"
+
+    def __init__(self, url: str | os.PathLike, *, timeout: float = 600.0):
+        super().__init__()
+        self.url = str(url)
+        self.host, self.port, self.model, self.version = parse_url(self.url)
+        self.timeout = timeout
+        self.client = None
+        self.config: dict = {}
+
+    @property
+    def where(self) -> str:
+        return f"triton://{self.host}:{self.port}/{self.model}"
+
+    def _load(self) -> None:
+        try:
+            import tritonclient.http as httpclient
+            from tritonclient.utils import InferenceServerException
+        except ImportError as e:
+            raise BackendError(f"triton: tritonclient is not installed ({e}); {INSTALL_HINT}") from e
+        self._httpclient, self._server_error = httpclient, InferenceServerException
+        self.client = httpclient.InferenceServerClient(url=f"{self.host}:{self.port}", connection_timeout=10.0,
+                                                       network_timeout=self.timeout)
+        try:
+            if not self.client.is_server_live():
+                raise BackendError(f"triton: the server at {self.host}:{self.port} is not live")
+            if not self.client.is_model_ready(self.model, self.version):
+                models = [m.get("name") for m in self.client.get_model_repository_index() if m.get("state") == "READY"]
+                raise BackendError(f"triton: model {self.model!r} is not ready on {self.host}:{self.port} "
+                                   f"(ready: {', '.join(models) or 'none'})")
+            self.config = self.client.get_model_config(self.model, self.version)
+        except BackendError:
+            self.client.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeouts: geventhttpclient raises several types
+            self.client.close()
+            raise BackendError(f"triton: cannot reach {self.where} ({type(e).__name__}: {e}); start the server with "
+                               "python -m runtime.serve --repository REPO, or check HOST:PORT (the HTTP port)") from e
+        inputs = {i["name"]: i for i in self.config.get("input", [])}
+        outputs = {o["name"] for o in self.config.get("output", [])}
+        if set(INPUT_NAMES) - set(inputs) or OUTPUT_ENHANCED not in outputs:
+            self.client.close()
+            raise BackendError(f"triton: model {self.model!r} does not follow the CodeEnhance graph contract: inputs "
+                               f"{sorted(inputs)}, outputs {sorted(outputs)}; write the repository with "
+                               "python -m export.triton")
+        # A weight declared [1] (reshaped to a scalar on the server) travels as [N,1]; declared [] (or with
+        # max_batch_size 0, [-1]) as [N].
+        self.weight_rank = {name: len(inputs[name].get("dims", [])) for name in INPUT_NAMES[1:]}
+        self.batching = int(self.config.get("max_batch_size", 0)) > 0
+
+    def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        http = self._httpclient
+        n, _, h, w = images.shape
+        what = f"a batch of {n} image(s) of {h}x{w}"
+        inputs = []
+        for name, value in zip(INPUT_NAMES, (images, w_texture, w_style)):
+            if name != INPUT_NAMES[0] and self.batching and self.weight_rank[name] == 1:
+                value = value.reshape(n, 1)
+            tensor = http.InferInput(name, list(value.shape), "FP32")
+            tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), binary_data=True)
+            inputs.append(tensor)
+        try:
+            result = self.client.infer(self.model, inputs, model_version=self.version,
+                                       outputs=[http.InferRequestedOutput(OUTPUT_ENHANCED, binary_data=True)])
+            out = result.as_numpy(OUTPUT_ENHANCED)
+        except self._server_error as e:
+            raise BackendError(f"triton: {self.where} failed {what}: {e.message() or e}"
+                               f"{f' (HTTP {e.status()})' if e.status() else ''}") from e
+        except Exception as e:  # noqa: BLE001 - the connection dropped (server killed), timed out, ...
+            raise BackendError(f"triton: {self.where} did not answer {what} ({type(e).__name__}: {e}); "
+                               "nothing was returned for it") from e
+        if out is None or out.shape != images.shape:
+            raise BackendError(f"triton: {self.where} returned {None if out is None else list(out.shape)} for {what}, "
+                               f"expected {list(images.shape)}")
+        return InferResult(enhanced=out.astype(np.float32, copy=False))
+
+    def _describe(self) -> BackendInfo:
+        params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
+        kind = self.config.get("platform") or self.config.get("backend") or "?"
+        return BackendInfo(
+            name=self.name,
+            device=f"{self.where} ({kind})",
+            precision=params.get("precision", "as served"),
+            max_hw=parse_hw(params.get("max_hw", "")),
+            max_batch=int(self.config.get("max_batch_size", 0)) or None,
+            extra={"url": self.where, "served_by": kind, "dynamic_batching": "dynamic_batching" in self.config,
+                   "instances": [g.get("count") for g in self.config.get("instance_group", [])]},
+        )
+
+    def _close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None

@@ -1,0 +1,127 @@
+"""runtime.openvino_backend: OpenVINO fp32 equals ONNX Runtime; bf16 keeps the FP32 islands and stays close.
+
+Real OpenVINO runs on the tiny preset's graph (conftest.tiny_onnx, exported with codes); skipped without openvino.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.fidelity import psnr
+from runtime import BackendError
+from runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+ov = pytest.importorskip("openvino", reason='OpenVINO is not installed (pip install "codeenhance-deploy[openvino]")')
+
+from runtime.openvino_backend import PRECISIONS, OpenVINOBackend  # noqa: E402
+
+# Measured on the tiny graph, 2 x 96x128 random dark images (2026.4.1, AMD EPYC): ~40.5 dB against fp32.
+# bf16 keeps 8 mantissa bits; the bound leaves room for other CPUs and versions.
+BF16_PSNR_DB = 34.0
+
+
+def batch(n=2, h=96, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 3, h, w), dtype=np.float32) * 0.3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ort_reference(tiny_onnx):
+    x = batch()
+    weights = (np.array([1.0, 0.5], np.float32), np.array([1.0, 1.5], np.float32))
+    with OnnxRuntimeBackend(tiny_onnx, threads=2) as ort:
+        return x, weights, ort.infer(x, *weights)
+
+
+@pytest.fixture(scope="module")
+def bf16(tiny_onnx):
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2) as backend:
+        yield backend
+
+
+def test_fp32_matches_onnxruntime(tiny_onnx, ort_reference):
+    x, weights, ref = ort_reference
+    with OpenVINOBackend(tiny_onnx, precision="fp32", threads=2) as backend:
+        out = backend.infer(x, *weights)
+        info = backend.describe()
+        odd = backend.infer(batch(1, 37, 53, seed=1), np.ones(1, np.float32), np.ones(1, np.float32))  # dynamic H, W
+    assert np.abs(out.enhanced - ref.enhanced).max() < 1e-4
+    np.testing.assert_array_equal(out.codes, ref.codes)
+    assert odd.enhanced.shape == (1, 3, 37, 53)
+    assert info.name == "openvino" and info.precision == "fp32" and info.device.startswith("CPU (")
+    assert info.extra["inference_precision_hint"] == "f32"  # set explicitly: the CPU default may be bf16
+    assert set(info.extra["runtime_precision"]["compute_nodes"]) <= {"f32", "i32", "i64", "u8", "boolean"}
+    assert info.max_hw is None and info.extra["threads"] == 2
+
+
+def test_bf16_runs_close_and_keeps_the_islands_fp32(bf16, ort_reference):
+    x, weights, ref = ort_reference
+    out = bf16.infer(x, *weights)
+    assert np.isfinite(out.enhanced).all()
+    assert psnr(out.enhanced, ref.enhanced) > BF16_PSNR_DB
+    assert np.mean(out.codes == ref.codes) > 0.95
+    info = bf16.describe()
+    assert info.precision == "bf16-mixed" and info.extra["inference_precision_hint"] == "bf16"
+    report = info.extra["runtime_precision"]
+    # The lookup: the distance product (FullyConnected), the ArgMin (TopK), the Gather of codebook rows, all f32.
+    lookup = report["lookup"].values()
+    assert sorted(n["layer_type"] for n in lookup) == ["FullyConnected", "Gather", "TopK"]
+    assert all(n["precision"] == "f32" for n in lookup), report["lookup"]
+    by_type = report["by_layer_type"]
+    assert set(by_type["MVN"]) == {"f32"}  # every LayerNorm / InstanceNorm
+    assert by_type["Convolution"].get("bf16", 0) >= 0.9 * sum(by_type["Convolution"].values())
+    fc = by_type["FullyConnected"]
+    assert fc.get("f32") == 1 and fc.get("bf16", 0) >= 1  # only the lookup's product stays f32
+    islands = info.extra["fp32_islands"]
+    assert islands["reasons"]["lookup"] == 6 and islands["reasons"]["normalisation"] > 0
+
+
+def test_keep_fp32_widens_the_islands(tiny_onnx):
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, keep_fp32=["Gemm"]) as backend:
+        fc = backend.describe().extra["runtime_precision"]["by_layer_type"]["FullyConnected"]
+    assert set(fc) == {"f32"}  # the Gemms' bias is folded into the product, so their f32 mark survives
+    with pytest.raises(ValueError, match="NoSuchOp"):
+        OpenVINOBackend(tiny_onnx, precision="bf16", keep_fp32=["NoSuchOp"]).load()
+
+
+def test_cache_dir_makes_a_second_start_import_the_compiled_model(tiny_onnx, tmp_path, ort_reference):
+    x, weights, _ = ort_reference
+    cache = tmp_path / "cache"
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache) as first:
+        a = first.infer(x, *weights)
+        assert first.describe().extra["fp32_islands"]["ir"].startswith(str(cache))
+    blobs = sorted(cache.glob("*.blob"))
+    assert blobs and sorted(cache.glob("*.xml")), sorted(p.name for p in cache.iterdir())
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache) as second:
+        b = second.infer(x, *weights)
+        assert second.describe().extra["fp32_islands"]["reused_ir"] is True
+        lookup = second.describe().extra["runtime_precision"]["lookup"].values()
+    assert sorted(cache.glob("*.blob")) == blobs  # imported, not compiled again
+    assert all(n["precision"] == "f32" for n in lookup)
+    np.testing.assert_array_equal(a.enhanced, b.enhanced)
+
+
+def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path):
+    assert PRECISIONS == ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        OpenVINOBackend(tiny_onnx, precision="fp16")
+    with pytest.raises(BackendError, match="model not found"):
+        OpenVINOBackend(tmp_path / "missing.onnx").load()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(BackendError, match="cannot load"):
+        OpenVINOBackend(bad).load()
+    with pytest.raises(BackendError, match=r"\.onnx graph or an OpenVINO IR"):
+        (tmp_path / "m.bin").write_bytes(b"x")
+        OpenVINOBackend(tmp_path / "m.bin").load()
+
+
+def test_an_ir_written_by_the_backend_runs_as_bf16_mixed(tiny_onnx, tmp_path, bf16, ort_reference):
+    x, weights, _ = ort_reference
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=tmp_path) as first:
+        xml = first.describe().extra["fp32_islands"]["ir"]
+    with OpenVINOBackend(xml, precision="bf16", threads=2) as from_ir:
+        lookup = from_ir.describe().extra["runtime_precision"]["lookup"].values()
+        out = from_ir.infer(x, *weights)
+    assert all(n["precision"] == "f32" for n in lookup)  # the marks travel in the IR
+    np.testing.assert_allclose(out.enhanced, bf16.infer(x, *weights).enhanced, atol=1e-6)

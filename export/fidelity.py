@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import onnx
 
+from contract.graph import INPUT_NAMES
 from contract.images import IMAGE_SUFFIXES, ImageError, read_image
 from runtime.onnxruntime_backend import make_session
 
@@ -133,7 +134,7 @@ def ort_session(model, threads: int = 2, *, in_node_order: bool = False):
 def graph_feed(image: np.ndarray, w_texture: float = 1.0, w_style: float = 1.0) -> dict[str, np.ndarray]:
     """The graph's inputs (image, w_texture, w_style) for one [H,W,3] image."""
     one = np.ones(1, np.float32)
-    return {"image": to_nchw(image), "w_texture": one * w_texture, "w_style": one * w_style}
+    return dict(zip(INPUT_NAMES, (to_nchw(image), one * w_texture, one * w_style)))
 
 
 def probe_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:

@@ -18,9 +18,10 @@ import onnx
 import torch
 
 from codeenhance import CodeEnhance
+from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
 
 from .fidelity import code_agreement, ort_session, psnr
-from .graph import INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, GatherLookup, positions, to_feature_map
+from .graph import GatherLookup, positions, to_feature_map
 
 DEFAULT_ATOL = 2e-4
 # A differing code is a near-tie when its exact squared distance to z differs from the reference code's by at most
@@ -43,11 +44,8 @@ class Case:
         gen = torch.Generator().manual_seed(seed)
         # Dark, noisy images: the range the network is meant for.
         image = torch.rand(self.batch, 3, self.height, self.width, generator=gen) * 0.4
-        return {
-            "image": image.numpy(),
-            "w_texture": np.asarray(self.w_texture, np.float32),
-            "w_style": np.asarray(self.w_style, np.float32),
-        }
+        return dict(zip(INPUT_NAMES, (image.numpy(), np.asarray(self.w_texture, np.float32),
+                                      np.asarray(self.w_style, np.float32))))
 
 
 # None of these is the traced example size (graph.example_inputs); together they cover an odd size, a size that
@@ -85,9 +83,7 @@ def run_onnx(session, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 def run_torch(model: CodeEnhance, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The reference: the eager model, clamped like the graph's output."""
     out, codes = model.enhance(
-        torch.from_numpy(inputs["image"]),
-        torch.from_numpy(inputs["w_texture"]),
-        torch.from_numpy(inputs["w_style"]),
+        *(torch.from_numpy(inputs[name]) for name in INPUT_NAMES),
         return_codes=True,
     )
     return out.clamp(0.0, 1.0).numpy(), codes.reshape(-1).numpy()
@@ -187,7 +183,7 @@ def verify_onnx(
     for i, case in enumerate(cases):
         inputs = case.inputs(seed + i)
         row = verify_case(session, model, inputs, atol, tie_rtol)
-        row.update(shape=list(inputs["image"].shape), w_texture=list(case.w_texture), w_style=list(case.w_style), why=case.why)
+        row.update(shape=list(inputs[INPUT_IMAGE].shape), w_texture=list(case.w_texture), w_style=list(case.w_style), why=case.why)
         rows.append(row)
     agreements = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
     return {

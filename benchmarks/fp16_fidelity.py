@@ -68,9 +68,9 @@ def evaluate(fp32: Path, variants: list[tuple[str, Path]], inputs, threads: int)
                 del sessions[label]
                 continue
             row = {"image": name, "hw": list(image.shape[:2]), "seconds": secs, "fp32_seconds": ref_s,
-                   **fidelity.compare_outputs(ref, out)}
+                   **fidelity.compare_outputs(out, ref)}
             results[label]["rows"].append(row)
-            line.append(f"{label} {secs:.1f}s {row['psnr_db']:.1f} dB" + (f" codes {row['code_agreement']:.4f}" if "code_agreement" in row else ""))
+            line.append(f"{label} {secs:.1f}s {row['psnr']:.1f} dB" + (f" codes {row['code_agreement']:.4f}" if row["code_agreement"] is not None else ""))
         print(" | ".join(line), flush=True)
     return results
 
@@ -79,12 +79,12 @@ def summarize(result: dict) -> dict:
     rows = result.get("rows", [])
     if not rows:
         return {"error": result.get("error", "no images")}
-    psnrs = fidelity.capped_psnr([r["psnr_db"] for r in rows])
-    codes = [r["code_agreement"] for r in rows if "code_agreement" in r]
+    psnrs = fidelity.capped_psnr([r["psnr"] for r in rows])
+    codes = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
     s = {
         "images": len(rows), "psnr_mean": statistics.fmean(psnrs), "psnr_worst": min(psnrs),
         "ssim_mean": statistics.fmean(r["ssim"] for r in rows), "ssim_worst": min(r["ssim"] for r in rows),
-        "max_8bit_error": max(r["max_8bit_error"] for r in rows), "nonfinite": sum(r["nonfinite"] for r in rows),
+        "max_8bit_error": max(r["max_err_8bit"] for r in rows), "nonfinite": sum(r["nonfinite"] for r in rows),
         "code_agreement_mean": statistics.fmean(codes) if codes else None, "code_agreement_worst": min(codes) if codes else None,
         "seconds_mean": statistics.fmean(r["seconds"] for r in rows), "fp32_seconds_mean": statistics.fmean(r["fp32_seconds"] for r in rows),
     }

@@ -178,7 +178,7 @@ def activation_ranges(model: onnx.ModelProto, tensors: list[str], images: Sequen
 def compare_on_image(model, image: np.ndarray, reference: Sequence[np.ndarray], threads: int = 2) -> dict:
     """Run a graph (path or bytes) on one image and compare its outputs with ``reference`` (compare_outputs)."""
     outputs = ort_session(model, threads).run(None, graph_feed(image))
-    return {"image_hw": list(image.shape[:2]), **compare_outputs(reference, outputs)}
+    return {"image_hw": list(image.shape[:2]), **compare_outputs(outputs, reference)}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -252,15 +252,28 @@ def capped_psnr(values: Sequence[float]) -> list[float]:
     return [min(v, PSNR_CAP_DB) for v in values]
 
 
-def compare_outputs(ref: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> dict:
-    """All metrics for one image: outputs are (enhanced[, codes]) as the graphs return them."""
-    ref_img, test_img = ref[0], test[0]
-    row = {
-        "psnr_db": psnr(ref_img, test_img),
-        "ssim": ssim(ref_img, test_img),
-        "max_8bit_error": max_8bit_error(ref_img, test_img),
-        "nonfinite": nonfinite_count(test_img),
+def as_image(x: np.ndarray) -> np.ndarray:
+    """An output as it would be saved: float64 [H,W,C] in [0,1], non-finite values clamped like out-of-range ones
+    (they are counted apart, so one NaN does not turn every metric into NaN)."""
+    x = np.nan_to_num(_as_hwc(x), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(x, 0.0, 1.0)
+
+
+def compare_image(test: np.ndarray, reference: np.ndarray, codes=None, reference_codes=None) -> dict:
+    """The one comparator of an enhanced image with its reference: [1,3,H,W], [3,H,W] or [H,W,3]; codes any shape
+    or None (not reported). Used by export.precision, the harness and the fidelity benchmarks alike."""
+    a, b = as_image(test), as_image(reference)
+    return {
+        "psnr": psnr(a, b),
+        "ssim": ssim(a, b),
+        "max_err_8bit": max_8bit_error(a, b),
+        "mean_err_8bit": float(np.mean(np.abs(to_8bit(a) - to_8bit(b)))),
+        "code_agreement": None if codes is None or reference_codes is None else code_agreement(codes, reference_codes),
+        "nonfinite": nonfinite_count(test),
     }
-    if len(ref) > 1 and len(test) > 1:
-        row["code_agreement"] = code_agreement(ref[1], test[1])
-    return row
+
+
+def compare_outputs(test: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dict:
+    """``compare_image`` on graph outputs (enhanced[, codes]) of one image."""
+    return compare_image(test[0], reference[0], test[1] if len(test) > 1 else None,
+                         reference[1] if len(reference) > 1 else None)

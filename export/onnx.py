@@ -38,7 +38,7 @@ PADDING_RULE = (
 INPUT_RANGE = "image: float32 RGB in [0,1], [N,3,H,W], H,W >= 1; w_texture, w_style: float32 [N] (1.0 = default)"
 IN_MEMORY = "none: exported from an in-memory model"
 
-Validator = Callable[[Path, CodeEnhance], None]
+Validator = Callable[[onnx.ModelProto, CodeEnhance], None]  # the in-memory graph, before it is written
 
 
 class ExportError(ToolkitError):
@@ -85,10 +85,10 @@ def reserve_output(out: str | os.PathLike, overwrite: bool) -> AtomicOutput:
 
 
 def save_and_validate(graph: onnx.ModelProto, tmp: Path, validate: Validator | None, model: CodeEnhance | None) -> None:
-    """Write the reserved temp file and let ``validate`` reject it (before it is renamed into place)."""
-    onnx.save(graph, str(tmp))
+    """Let ``validate`` reject the graph, then write the reserved temp file (renamed into place by the caller)."""
     if validate is not None:
-        validate(tmp, model)
+        validate(graph, model)
+    onnx.save(graph, str(tmp))
 
 
 @functools.cache
@@ -182,13 +182,13 @@ def cli_validator(*, verify: bool, atol: float, threads: int, lookup: str) -> Va
     """The CLI's gate: the TensorRT check always, the ONNX Runtime comparison unless --no-verify."""
     allowed = {"ScatterElements", "ScatterND"} if lookup == "onehot" else set()  # the baseline is a scatter graph
 
-    def validate(path: Path, model: CodeEnhance) -> None:
-        report = trt_check.check_file(path, forbidden=trt_check.FORBIDDEN_OPS - allowed, label="exported graph")
+    def validate(graph: onnx.ModelProto, model: CodeEnhance) -> None:
+        report = trt_check.check_model(graph, "exported graph", forbidden=trt_check.FORBIDDEN_OPS - allowed)
         print(report.summary())
         if not report.ok:
             raise GraphRejected(f"the graph failed the TensorRT compatibility check ({len(report.problems)} problem(s))")
         if verify:
-            result = verify_onnx(path, model, atol=atol, threads=threads)
+            result = verify_onnx(graph, model, atol=atol, threads=threads)
             print(format_report(result))
             if not result["passed"]:
                 raise GraphRejected(

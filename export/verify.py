@@ -165,7 +165,7 @@ def verify_case(session, model: CodeEnhance, inputs: dict[str, np.ndarray], atol
 
 
 def verify_onnx(
-    onnx_path: str | Path,
+    graph: onnx.ModelProto | str | Path,
     model: CodeEnhance,
     *,
     cases=DEFAULT_CASES,
@@ -175,10 +175,11 @@ def verify_onnx(
     seed: int = 0,
 ) -> dict:
     """Run each case in ONNX Runtime and in PyTorch. A case passes when the max abs error is within ``atol``, or
-    when every differing code is a near-tie and the error with ONNX Runtime's codes is within ``atol``."""
-    graph = with_codes_output(onnx.load(str(onnx_path)))
-    session = ort_session(graph.SerializeToString(), threads)
-    del graph
+    when every differing code is a near-tie and the error with ONNX Runtime's codes is within ``atol``.
+    ``graph``: the in-memory graph (as the exporter has it, before writing) or a file."""
+    label = "in-memory graph" if isinstance(graph, onnx.ModelProto) else str(graph)
+    model_proto = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph))
+    session = ort_session(with_codes_output(model_proto).SerializeToString(), threads)
     rows = []
     for i, case in enumerate(cases):
         inputs = case.inputs(seed + i)
@@ -187,7 +188,7 @@ def verify_onnx(
         rows.append(row)
     agreements = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
     return {
-        "onnx": str(onnx_path),
+        "onnx": label,
         "atol": atol,
         "tie_rtol": tie_rtol,
         "cases": rows,

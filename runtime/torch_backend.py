@@ -11,16 +11,19 @@ import torch
 
 from codeenhance import CheckpointError, CodeEnhance, load_model
 from codeenhance.islands import keep_fp32_islands
+from contract.graph import FP16_MIXED, FP32
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16")
 
 
 class TorchBackend(BackendBase):
     """``model``: a checkpoint path (official format) or a CodeEnhance instance (not modified).
 
     ``precision="fp16"`` runs under CUDA autocast with the nearest-code search and the IFT statistics in fp32.
+    On CUDA, "fp32" is true fp32: torch runs cuDNN convolutions in TF32 by default, so the TF32 switches are set
+    for each call (they are process-wide) and "tf32" is its own, labelled variant.
     ``threads`` sets torch's intra-op thread count (a process-wide setting) when given.
     """
 
@@ -35,8 +38,8 @@ class TorchBackend(BackendBase):
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
             raise BackendError(f"torch: {device!r} is not a device; use cpu, cuda or cuda:N") from e
-        if precision == "fp16" and self.device.type != "cuda":
-            raise BackendError(f"torch: fp16 autocast needs a CUDA device, got {device!r}; use precision='fp32' on CPU")
+        if precision in ("fp16", "tf32") and self.device.type != "cuda":
+            raise BackendError(f"torch: {precision} needs a CUDA device, got {device!r}; use precision='fp32' on CPU")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"torch: device {device!r} requested but this torch build has no usable CUDA "
                                f"(torch {torch.__version__}); use device='cpu'")
@@ -62,6 +65,9 @@ class TorchBackend(BackendBase):
         self.model = keep_fp32_islands(model) if self.precision == "fp16" else model
 
     def _autocast(self):
+        if self.device.type == "cuda":
+            tf32 = self.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         if self.precision == "fp16":
             return torch.autocast("cuda", dtype=torch.float16)
         return nullcontext()
@@ -85,7 +91,7 @@ class TorchBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=device,
-            precision="fp16-mixed" if self.precision == "fp16" else "fp32",
+            precision={"fp16": FP16_MIXED, "tf32": "tf32", "fp32": FP32}[self.precision],
             extra={"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__},
         )
 

@@ -82,8 +82,9 @@ def test_torch_backend_reports_a_bad_checkpoint(tmp_path):
     bad.write_bytes(b"\x80\x02 a truncated pickle")
     with pytest.raises(BackendError, match="torch: .*bad.pth"):
         Enhancer(bad)
-    with pytest.raises(BackendError, match="fp16 autocast needs a CUDA device"):
-        TorchBackend(bad, precision="fp16")
+    for precision in ("fp16", "tf32"):
+        with pytest.raises(BackendError, match=f"{precision} needs a CUDA device"):
+            TorchBackend(bad, precision=precision)
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="no usable CUDA"):
             TorchBackend(bad, device="cuda")

@@ -23,13 +23,15 @@ class BackendSpec:
     @property
     def precision_label(self) -> str:
         """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
-        return self.precision if self.precision == "fp32" else f"{self.precision}-mixed"
+        return self.precision if self.precision in ("fp32", "tf32") else f"{self.precision}-mixed"
 
 
 BACKENDS = {
     spec.name: spec
     for spec in (
         BackendSpec("torch", "torch", "fp32", "checkpoint", "PyTorch eager fp32: the reference"),
+        BackendSpec("torch-tf32", "torch", "tf32", "checkpoint", "PyTorch CUDA with TF32 convolutions and matmuls",
+                    needs_cuda=True),
         BackendSpec("torch-fp16", "torch", "fp16", "checkpoint", "PyTorch CUDA autocast fp16 with fp32 islands",
                     needs_cuda=True),
         BackendSpec("onnxruntime", "onnxruntime", "fp32", "onnx", "ONNX Runtime, fp32 graph, gather lookup"),

@@ -216,6 +216,12 @@ def describe_tiling(enhancer: Enhancer, image, source: Path) -> str | None:
            "the whole-image result (the IFT statistics are global)"
 
 
+def already_written(job: Job, claimed: dict[Path, Path]) -> str | None:
+    """Why ``job`` may not write its output: another input of this run wrote it first; None if it may."""
+    first = claimed.get(job.target.resolve())
+    return None if first is None else f"output {job.target.name} was already written from {first}; rename one of them"
+
+
 def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, run: Run) -> None:
     """Read, enhance and write, ``--batch`` files at a time, updating ``run`` as it goes."""
     claimed: dict[Path, Path] = {}  # output -> the input written there in this run
@@ -223,9 +229,8 @@ def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, run: Run) -> None:
         for start in range(0, len(jobs), args.batch):
             chunk, images = [], []
             for job in jobs[start:start + args.batch]:
-                if job.target.resolve() in claimed:
-                    run.problems.append((str(job.source), f"output {job.target.name} was already written from "
-                                                          f"{claimed[job.target.resolve()]}; rename one of them"))
+                if already_written(job, claimed):
+                    run.problems.append((str(job.source), already_written(job, claimed)))
                     bar.update(1)
                     continue
                 try:
@@ -243,9 +248,8 @@ def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, run: Run) -> None:
                 try:
                     if isinstance(output, Exception):
                         raise ImageError(f"cannot enhance: {output}")
-                    if job.target.resolve() in claimed:
-                        raise ImageError(f"output {job.target.name} was already written from "
-                                         f"{claimed[job.target.resolve()]}; rename one of them")
+                    if already_written(job, claimed):  # a same-named input earlier in this chunk
+                        raise ImageError(already_written(job, claimed))
                     write_bytes_atomically(job.target, encode_image(output, job.target.suffix))
                     claimed[job.target.resolve()] = job.source
                     run.written += 1

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.files import update_digest
 from contract.graph import BF16_MIXED, FP32, FP32_ISLANDS, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
@@ -318,10 +319,7 @@ class OpenVINOBackend(BackendBase):
     def _compile_marked(self, ov, core):
         """bf16 from an ONNX graph: mark the FP32 islands, write IR, read it back, compile."""
         if self.cache_dir is not None:
-            key = hashlib.sha256()
-            with open(self.model_path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    key.update(block)
+            key = update_digest(hashlib.sha256(), self.model_path)
             key.update(repr((sorted(ISLAND_REASONS), self.keep_fp32, self.ov_version)).encode())
             xml = self.cache_dir / f"{self.model_path.stem}-bf16-{key.hexdigest()[:16]}.xml"
             if xml.is_file() and xml.with_suffix(".bin").is_file():

@@ -45,7 +45,7 @@ class Artifacts:
         self.errors: dict[str, str] = {}
         self.makers = {"checkpoint": self._checkpoint, "onnx": lambda: self._graph("gather"),
                        "onnx_onehot": lambda: self._graph("onehot"), "onnx_fp16": self._fp16, "engine": self._engine,
-                       "aoti": self._aoti}
+                       "aoti": lambda: self._aoti("fp32"), "aoti_fp16": lambda: self._aoti("fp16")}
 
     def get(self, kind: str) -> Path:
         """The artifact's path, made (and timed) on first use; ``seconds_to_make`` of a reused file is its lookup."""
@@ -139,15 +139,15 @@ class Artifacts:
             EngineBuilder(plan, log=self.log).build()
         return plan.engine_path
 
-    def _aoti(self) -> Path:
+    def _aoti(self, precision: str) -> Path:
         """An AOTInductor package with one static bucket per benchmark size (export.aoti), for this run's device."""
         from export.aoti import export_aoti
         from export.onnx import exporter_fingerprint
 
         ckpt = self.get("checkpoint")
         sizes = "-".join(f"{h}x{w}" for h, w in self.sizes)
-        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{exporter_fingerprint()}-{self.device}-{sizes}.pt2")
+        path = self._out(f"{ckpt.stem}-{file_key(ckpt)}-{exporter_fingerprint()}-{self.device}-{precision}-{sizes}.pt2")
         if not self._reuse(path, f"AOTInductor package ({self.device}, compiles one bucket per size: minutes)"):
-            export_aoti(ckpt, path, device=self.device, sizes=self.sizes, max_batch=max(1, self.batch),
-                        overwrite=True, log=self.log)
+            export_aoti(ckpt, path, device=self.device, precision=precision, sizes=self.sizes,
+                        max_batch=max(1, self.batch), overwrite=True, log=self.log)
         return path

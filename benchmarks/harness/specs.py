@@ -16,7 +16,7 @@ class BackendSpec:
     name: str
     runtime: str  # which runtime/ backend class runs it: "torch", "onnxruntime" or "tensorrt"
     precision: str  # "fp32", "fp16" or "bf16" (the graph, autocast or OpenVINO keeps the FP32 islands)
-    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine" or "aoti"
+    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine", "aoti" or "aoti_fp16"
     summary: str
     needs_cuda: bool = False
 
@@ -45,6 +45,8 @@ BACKENDS = {
         BackendSpec("openvino-bf16", "openvino", "bf16", "onnx",
                     "OpenVINO CPU, bf16 hint with the FP32 islands kept (nearest-code search, normalisation)"),
         BackendSpec("aoti", "aoti", "fp32", "aoti", "AOTInductor package (export.aoti), one static bucket per size"),
+        BackendSpec("aoti-fp16", "aoti", "fp16", "aoti_fp16", "AOTInductor CUDA package, fp16 with the FP32 islands",
+                    needs_cuda=True),
     )
 }
 

@@ -36,7 +36,8 @@ class PrecisionError(ToolkitError):
 
 @dataclass
 class GraphIndex:
-    """Nodes, producers, consumers and element types of one graph's tensors (types from shape inference)."""
+    """Nodes, producers, consumers, element types and shapes of one graph's tensors (from shape inference): the
+    one ONNX graph index, read by the FP32-island rules and by export/check.py's TensorRT constraints."""
 
     model: onnx.ModelProto
     nodes: list[onnx.NodeProto]
@@ -45,6 +46,14 @@ class GraphIndex:
     consumers: dict[str, list[onnx.NodeProto]]
     elem_type: dict[str, int]
     constants: set[str]
+    shapes: dict[str, list]  # inferred dims, None where symbolic
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+    def is_static(self, name: str) -> bool:
+        shape = self.shapes.get(name)
+        return shape is not None and all(d is not None for d in shape)
 
     def is_float(self, name: str) -> bool:
         return self.elem_type.get(name) == FLOAT
@@ -68,7 +77,10 @@ class GraphIndex:
 
 def index_graph(model: onnx.ModelProto) -> GraphIndex:
     typed = onnx.shape_inference.infer_shapes(model)
-    elem_type = {v.name: v.type.tensor_type.elem_type for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)}
+    values = (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)
+    elem_type = {v.name: v.type.tensor_type.elem_type for v in values}
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in values if v.type.tensor_type.HasField("shape")}
     elem_type.update({t.name: t.data_type for t in model.graph.initializer})
     constants = {t.name for t in model.graph.initializer}
     nodes = list(model.graph.node)
@@ -80,7 +92,7 @@ def index_graph(model: onnx.ModelProto) -> GraphIndex:
         if node.op_type == "Constant":
             constants.update(node.output)
             elem_type.update((node.output[0], a.t.data_type) for a in node.attribute if a.name == "value")
-    return GraphIndex(model, nodes, {n.name: n for n in nodes}, producer, consumers, elem_type, constants)
+    return GraphIndex(model, nodes, {n.name: n for n in nodes}, producer, consumers, elem_type, constants, shapes)
 
 
 def walk_up(ix: GraphIndex, tensors, accept) -> set[str]:

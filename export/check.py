@@ -18,6 +18,7 @@ import onnx
 
 from contract import formats
 from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError
+from contract.precision_rules import GraphIndex, index_graph
 
 # Operators the TensorRT ONNX parser imports (the part of docs/operators.md relevant to exported CNN/transformer
 # graphs). Ops with extra conditions are checked in CONSTRAINTS below. The parser does take If, Loop, NonZero,
@@ -92,30 +93,7 @@ def describe_value(value: onnx.ValueInfoProto) -> str:
     return f"{value.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else '?'} [{dims}]"
 
 
-class GraphFacts:
-    """What the constraint checks need to know about the values of a graph."""
-
-    def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
-        self.constants = {t.name for t in graph.initializer}
-        self.constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-        self.shapes: dict[str, list] = {}
-        self.types: dict[str, int] = {}
-        for value in [*graph.input, *graph.output, *graph.value_info]:
-            t = value.type.tensor_type
-            self.types[value.name] = t.elem_type
-            if t.HasField("shape"):
-                self.shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-
-    def is_constant(self, name: str) -> bool:
-        return name in self.constants
-
-    def is_static(self, name: str) -> bool:
-        shape = self.shapes.get(name)
-        return shape is not None and all(d is not None for d in shape)
-
-
-def axes_input_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
+def axes_input_problem(node: onnx.NodeProto, facts: GraphIndex) -> str | None:
     """Reduce*/Squeeze/Unsqueeze: an axes input must be an initializer or Constant (TensorRT 10.x tables)."""
     axes = node.input[1] if len(node.input) > 1 else ""
     if axes:
@@ -133,7 +111,7 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def resize_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
+def resize_problem(node: onnx.NodeProto, facts: GraphIndex) -> str | None:
     mode = attribute(node, "mode", b"nearest").decode()
     if mode not in ("nearest", "linear"):
         return f"Resize {node.name}: mode '{mode}' (TensorRT supports nearest and linear)"
@@ -145,18 +123,18 @@ def resize_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
     return None
 
 
-def layernorm_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
+def layernorm_problem(node: onnx.NodeProto, facts: GraphIndex) -> str | None:
     if any(node.output[1:]):
         return f"LayerNormalization {node.name}: only output Y is supported by TensorRT, but Mean/InvStdDev are used"
     return None
 
 
-def scatternd_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
+def scatternd_problem(node: onnx.NodeProto, facts: GraphIndex) -> str | None:
     reduction = attribute(node, "reduction", b"none").decode()
     return None if reduction == "none" else f"ScatterND {node.name}: reduction '{reduction}' (TensorRT: none only)"
 
 
-def einsum_problem(node: onnx.NodeProto, facts: GraphFacts) -> str | None:
+def einsum_problem(node: onnx.NodeProto, facts: GraphIndex) -> str | None:
     equation = attribute(node, "equation", b"").decode()
     if any(c.isupper() or c == "." for c in equation):
         return f"Einsum {node.name}: equation '{equation}' needs TensorRT >= 10.12 (uppercase/ellipsis)"
@@ -172,10 +150,10 @@ CONSTRAINTS = {
 }
 
 
-def float64_problems(model: onnx.ModelProto, facts: GraphFacts) -> list[str]:
+def float64_problems(model: onnx.ModelProto, facts: GraphIndex) -> list[str]:
     """TensorRT has no float64: initializers, Casts, Constants or inferred values of that type."""
     found = [t.name for t in model.graph.initializer if t.data_type == FLOAT64]
-    found += [name for name, elem in facts.types.items() if elem == FLOAT64]
+    found += [name for name, elem in facts.elem_type.items() if elem == FLOAT64 and not facts.is_constant(name)]
     for node in model.graph.node:
         if node.op_type == "Cast" and attribute(node, "to") == FLOAT64:
             found.append(f"{node.name} (Cast to double)")
@@ -186,7 +164,7 @@ def float64_problems(model: onnx.ModelProto, facts: GraphFacts) -> list[str]:
     return [f"float64 tensors are not supported by TensorRT: {', '.join(sorted(set(found))[:8])}{' ...' if len(found) > 8 else ''}"]
 
 
-def node_problems(model: onnx.ModelProto, facts: GraphFacts, forbidden: frozenset[str]) -> list[str]:
+def node_problems(model: onnx.ModelProto, facts: GraphIndex, forbidden: frozenset[str]) -> list[str]:
     problems = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
@@ -217,8 +195,7 @@ def io_warnings(model: onnx.ModelProto, opset: int | None) -> list[str]:
 
 def check_model(model: onnx.ModelProto, path: str = "<in memory>", *, forbidden=FORBIDDEN_OPS) -> CheckReport:
     """Run every check on a loaded model; shapes/types are inferred first so float64 values are found."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    facts = GraphFacts(inferred)
+    facts = index_graph(model)
     opset = onnx_opset(model)
     initializers = {t.name for t in model.graph.initializer}
     report = CheckReport(
@@ -230,7 +207,7 @@ def check_model(model: onnx.ModelProto, path: str = "<in memory>", *, forbidden=
         outputs=[describe_value(v) for v in model.graph.output],
     )
     report.problems += node_problems(model, facts, frozenset(forbidden))
-    report.problems += float64_problems(inferred, facts)
+    report.problems += float64_problems(model, facts)
     report.warnings += io_warnings(model, opset)
     return report
 

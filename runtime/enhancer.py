@@ -55,7 +55,7 @@ class Layout:
     shape: tuple  # the input's shape: (H, W), (H, W, 1), (H, W, 2) gray + alpha, (H, W, 3) or (H, W, 4)
     bgr: bool
     alpha: np.ndarray | None = None
-    pil_mode: str | None = None  # the mode of a PIL image given in; the result is a PIL image of that mode
+    pil_mode: str | None = None  # a PIL image given in: the result is a PIL image too (palette, CMYK: RGB(A))
 
 
 def pil_to_array(image) -> tuple[np.ndarray, str]:

@@ -179,8 +179,6 @@ def backend_options(args, backend: str) -> dict:
         hint = (" (the precision of an .onnx graph or an engine is fixed when it is made: python -m export.precision)"
                 if "precision" in unused else "")
         raise InputError(f"{flags} do(es) not apply to the {backend} backend; it applies to: {takes}{hint}")
-    if backend == "tensorrt" and "device" in given:
-        given["device"] = int(given["device"].removeprefix("cuda:").removeprefix("cuda") or 0)
     return given
 
 
@@ -333,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 enhance_jobs(enhancer, jobs, args, run)
             except KeyboardInterrupt:
                 report(run, args.outdir)
-                print(f"interrupted: {run.written} written, the rest not started (no partial files)", file=sys.stderr)
+                print(f"interrupted: {run.written} written, the rest not written (no partial files)", file=sys.stderr)
                 return EXIT_INTERRUPTED
     report(run, args.outdir)
     return EXIT_PARTIAL if run.problems else EXIT_OK

@@ -124,18 +124,27 @@ def native_handle(stream) -> int:
     return int(get_cuda_native_handle(stream))
 
 
+def cuda_index(device: int | str) -> int:
+    """The CUDA device index of 1, "1", "cuda" or "cuda:1" (the CLI's and harness's device spelling)."""
+    text = str(device).strip().lower().removeprefix("cuda").removeprefix(":")
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise BackendError(f"tensorrt: {device!r} is not a CUDA device; use an index, cuda or cuda:N") from None
+
+
 class TensorRTBackend(BackendBase):
-    """``engine_path``: a serialized engine (.plan/.engine/.trt); ``device``: CUDA device index.
+    """``engine_path``: a serialized engine (.plan/.engine/.trt); ``device``: CUDA device (index, "cuda:N").
 
     ``check_sidecar``: refuse an engine whose ``<engine>.json`` says it was built for another TensorRT or GPU.
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, *, device: int = 0, check_sidecar: bool = True):
+    def __init__(self, engine_path: str | os.PathLike, *, device: int | str = 0, check_sidecar: bool = True):
         super().__init__()
         self.engine_path = Path(engine_path)
-        self.device_index = int(device)
+        self.device_index = cuda_index(device)
         self.sidecar_check = check_sidecar
         self.engine = self.context = self.stream = self.buffers = None
 

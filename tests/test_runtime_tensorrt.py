@@ -15,6 +15,7 @@ from runtime.tensorrt_backend import (
     DeviceBuffers,
     TensorRTBackend,
     cuda_check,
+    cuda_index,
     numpy_dtype,
     profile_limits,
     verify_sidecar,
@@ -60,6 +61,12 @@ class HostMemory:
     def free(self, address: int) -> None:
         del self.blocks[address]  # KeyError on a double free or a foreign address
         self.frees.append(address)
+
+
+def test_device_spellings_of_the_cli_and_harness_name_one_index():
+    assert [cuda_index(d) for d in (0, 2, "2", "cuda", "cuda:1", "CUDA:3")] == [0, 2, 2, 0, 1, 3]
+    with pytest.raises(BackendError, match="'gpu0' is not a CUDA device"):
+        TensorRTBackend("model.plan", device="gpu0")
 
 
 def test_device_buffers_are_reused_and_grow_only_when_needed():

@@ -50,8 +50,6 @@ def make_backend(job: dict):
               "providers": "cuda" if job["device"] == "cuda" else None}
     spec = BACKENDS[job["runtime"]]
     options = {k: v for k, v in wanted.items() if k in spec.options and v is not None}
-    if job["runtime"] == "tensorrt":
-        options.pop("device", None)  # the engine's GPU: device 0 (its sidecar names the GPU it was built for)
     if job["runtime"] == "openvino":
         options["device"] = "CPU"
     return create_backend(job["artifact"], job["runtime"], **options)

@@ -45,10 +45,8 @@ def is_image_path(path: str | os.PathLike) -> bool:
 def header_facts(data: bytes) -> tuple[int, int, bool]:
     """(EXIF orientation, frame count, gray + alpha) as Pillow reads them from the header; (1, 1, False) for
     what Pillow does not know."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:  # Pillow is a dependency; without it, images are read as stored
-        return 1, 1, False
+    from PIL import Image, UnidentifiedImageError  # a dependency; imported on first use like the rest of Pillow
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             orientation = image.getexif().get(0x0112, 1)

@@ -16,6 +16,7 @@ import onnx
 
 from contract.graph import INPUT_NAMES
 from contract.images import IMAGE_SUFFIXES, ImageError, read_image
+from runtime.enhancer import SCALES
 from runtime.onnxruntime_backend import make_session
 
 
@@ -58,7 +59,7 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
         image = read_image(path)
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from e
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    scale = SCALES.get(image.dtype, 1.0)  # the runtime's dtype scales (float images are taken as they are)
     if image.ndim == 3 and image.shape[2] == 2:
         image = image[..., 0]  # gray + alpha
     code = cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB

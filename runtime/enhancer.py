@@ -273,8 +273,8 @@ class Enhancer:
 
     def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0, *, progress=None) -> list[np.ndarray]:
         """Several images (any sizes); weights are floats or one per image. Same-size images and tiles are run
-        together, ``batch`` at a time. ``progress(done, total)``, if given, is called after each backend call with
-        the number of patches (whole images or tiles) done so far."""
+        together, ``batch`` at a time. ``progress(done, total)``, if given, is called as each patch (a whole image
+        or a tile) is done, with the number done so far and the total."""
         w_texture = per_image(w_texture, len(images), "w_texture")
         w_style = per_image(w_style, len(images), "w_style")
         converted = [to_model_input(image, self.channel_order) for image in images]

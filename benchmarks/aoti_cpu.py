@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from contract.sizes import size_argument
+
 
 BACKENDS = ("aoti", "onnxruntime", "torch")
 
@@ -67,17 +66,12 @@ def peak_rss_child(name: str, args) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--pt2", required=True)
     p.add_argument("--onnx", required=True)
-    p.add_argument("--size", type=parse_size, default=(256, 256))
+    p.add_argument("--size", type=size_argument, default=(256, 256))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backends", default=",".join(BACKENDS))

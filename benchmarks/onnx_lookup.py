@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import specs
+from contract.sizes import size_argument
 from runtime import onnxruntime_backend
 from benchmarks.harness.worker import peak_rss_mb
 
@@ -36,14 +37,6 @@ GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
 GRAPHS = {"ours": "gather", "one-hot": "onehot"}  # label -> export.onnx lookup
 LOOKUP_INPUT = "z"
 TIME_TARGET, MEMORY_TARGET = 1.05, 0.97
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """argparse type: the harness's size parser, its error reported as a usage error."""
-    try:
-        return specs.parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def make_session(path: str | Path, threads: int, arena: bool = True):
@@ -223,8 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.onnx_lookup", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint (default: the golden one if present, else a demo checkpoint)")
-    p.add_argument("--latency-size", type=parse_size, default=(256, 256), help="HxW for latency (default 256x256)")
-    p.add_argument("--memory-size", type=parse_size, default=(1024, 1024), help="HxW for peak memory (default 1024x1024)")
+    p.add_argument("--latency-size", type=size_argument, default=(256, 256), help="HxW for latency (default 256x256)")
+    p.add_argument("--memory-size", type=size_argument, default=(1024, 1024), help="HxW for peak memory (default 1024x1024)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per graph (default 3; best is reported)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")

@@ -30,20 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.sizes import parse_size
+from export import fidelity
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from export import fidelity  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "lowlight"
-SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 TARGET = {"time_ratio": 0.5, "psnr_mean": 40.0, "code_agreement": 0.99}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    if text in SIZES:
-        return SIZES[text]
-    h, _, w = text.partition("x")
-    return int(h), int(w)
 
 
 def codes_path(onnx_path: Path) -> list[str]:
@@ -113,7 +106,7 @@ def peak_rss(kind: str, onnx_path: Path, hw, threads: int, keep=()) -> dict:
     """Peak RSS of a fresh process that loads the backend and runs once at ``hw``."""
     cmd = [sys.executable, __file__, "--worker", kind, "--onnx", str(onnx_path), "--threads", str(threads),
            "--worker-size", f"{hw[0]}x{hw[1]}", "--worker-keep", json.dumps(list(keep))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -22,14 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from export.triton import PYTHON_MODEL, Serving, write_repository  # noqa: E402
-from runtime import Enhancer  # noqa: E402
-from runtime.serve import TritonServer, free_port  # noqa: E402
-from runtime.triton_backend import TritonBackend  # noqa: E402
+from export.triton import PYTHON_MODEL, Serving, write_repository
+from runtime import Enhancer
+from runtime.serve import TritonServer, free_port
+from runtime.triton_backend import TritonBackend
 
 
 def tiny_model(workdir: Path) -> Path:

@@ -32,3 +32,13 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     if not sizes:
         raise InputError("the size list is empty")
     return list(dict.fromkeys(sizes))
+
+
+def size_argument(text: str) -> tuple[int, int]:
+    """``parse_size`` as an argparse ``type``: a bad size is a usage error that says why."""
+    import argparse
+
+    try:
+        return parse_size(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from contract.errors import EXIT_OK, EXIT_USAGE, ToolkitError
 from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_RANGE
+from contract.sizes import size_argument
 
 PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
@@ -356,14 +357,6 @@ docker run --rm --gpus all --shm-size=1g -p8000:8000 -p8001:8001 -p8002:8002 \\
 """
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 1088x1920, got {text!r}") from None
-    return h, w
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -372,7 +365,7 @@ def parse_args(argv):
     p.add_argument("--engine", type=Path, help="TensorRT engine with its sidecar (python -m export.tensorrt)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"max_batch_size (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--instances", type=int, default=1, help="instances per model (per GPU for GPU models; default 1)")
-    p.add_argument("--max-size", type=parse_hw, default=DEFAULT_MAX_HW, metavar="HxW",
+    p.add_argument("--max-size", type=size_argument, default=DEFAULT_MAX_HW, metavar="HxW",
                    help=f"largest image per request (default {DEFAULT_MAX_HW[0]}x{DEFAULT_MAX_HW[1]})")
     p.add_argument("--delay-us", type=int, default=DEFAULT_DELAY_US,
                    help=f"dynamic batching's max queue delay in microseconds (default {DEFAULT_DELAY_US})")

@@ -13,7 +13,9 @@ import re
 
 import numpy as np
 
+from contract.errors import InputError
 from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED
+from contract.sizes import parse_size
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
@@ -37,11 +39,11 @@ def parse_url(url) -> tuple[str, int, str, str]:
     return match["host"], int(match["port"] or DEFAULT_PORT), match["model"], match["version"] or ""
 
 
-def parse_hw(text: str) -> tuple[int, int] | None:
+def configured_size(text: str) -> tuple[int, int] | None:
+    """The model config's ``max_hw`` parameter, or None when it has none (or one that is no size)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        return h, w
-    except ValueError:
+        return parse_size(text) if text else None
+    except InputError:
         return None
 
 
@@ -132,7 +134,7 @@ class TritonBackend(BackendBase):
             name=self.name,
             device=f"{self.where} ({kind})",
             precision=params.get("precision", "as served"),
-            max_hw=parse_hw(params.get("max_hw", "")),
+            max_hw=configured_size(params.get("max_hw", "")),
             max_batch=int(self.config.get("max_batch_size", 0)) or None,
             extra={"url": self.where, "served_by": kind, "dynamic_batching": "dynamic_batching" in self.config,
                    "instances": [g.get("count") for g in self.config.get("instance_group", [])]},

@@ -32,7 +32,8 @@ EXIT_FAILED = EXIT_PARTIAL  # the name the tests and users of this module know
 ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
 # The command-line flag of each backend option, for messages.
 OPTION_FLAGS = {"device": "--device", "precision": "--precision/--fp16", "providers": "--providers",
-                "threads": "--threads", "cache_dir": "--cache-dir"}
+                "threads": "--threads", "cache_dir": "--cache-dir",
+                "shapes": "--shapes"}
 PRECISIONS = sorted({p for spec in BACKENDS.values() for p in spec.precisions})
 
 
@@ -153,9 +154,11 @@ def parse_args(argv):
                    help="torch: fp16 (CUDA autocast); openvino: bf16; the FP32 islands (nearest-code search, "
                         "normalisation statistics) stay fp32. An .onnx graph's or an engine's precision is its own")
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="the same as --precision fp16")
-    p.add_argument("--cache-dir", type=Path, help="openvino: keep compiled models here, so a second start is fast")
+    p.add_argument("--cache-dir", type=Path, help="openvino: keep the converted model here, so a second start is fast")
+    p.add_argument("--shapes", choices=("static", "dynamic"),
+                   help="openvino: compile per input size (static, default: least memory) or once for all sizes")
     p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch or onnxruntime (>= 1)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch, onnxruntime or openvino (>= 1)")
     p.add_argument("--w-texture", type=weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
     p.add_argument("--w-style", type=weight, default=1.0, help="style weight, 0..4 (default 1.0)")
     p.add_argument("--batch", type=positive_int, default=1, help="same-size images per model call (default 1)")

@@ -1,27 +1,30 @@
 """OpenVINO backend (CPU): runs the exported graph (.onnx, or an OpenVINO IR .xml) in fp32 or bf16 with FP32 islands.
 
 Precision is always set explicitly: OpenVINO's CPU plugin *defaults* to bf16 on any CPU with avx512_bf16 (AMD EPYC
-included), so ``fp32`` compiles with ``INFERENCE_PRECISION_HINT=f32``.
+included), so ``fp32`` compiles with ``INFERENCE_PRECISION_HINT=f32``. ``bf16`` compiles with the bf16 hint an IR
+written by ``runtime.openvino_ir`` (FP32 islands marked, other weights stored bf16). What actually ran in which
+precision is read back from ``compiled.get_runtime_model()`` and reported in ``describe().extra``. ``precision=None``
+takes the IR's own (an IR written for bf16 refuses fp32: its weights are rounded), else fp32.
 
-``bf16`` compiles with ``INFERENCE_PRECISION_HINT=bf16`` and keeps the same nodes in fp32 as the FP16 graph of
-``export.precision`` (the rule is reused, not rewritten: ``contract.precision_rules.classify``): the nearest-code
-chain (codebook MatMul, bias Add, ArgMin -> TopK, Gather) and the normalisation statistics (LayerNorm and
-InstanceNorm -> MVN, the IFT mean/std chains). Each ONNX node is mapped to the OpenVINO ops that implement it
-(a LayerNormalization becomes MVN + Multiply + Add, an ArgMin TopK + Squeeze) through the tensor names OpenVINO
-keeps, the ops are marked with rt_info ``precise_0`` and the model is saved as IR (``compress_to_fp16=False``) and
-read back: OpenVINO 2026.3+ ignores the mark on an in-memory model but honours the serialized form. What actually
-ran in which precision is read back from ``compiled.get_runtime_model()`` and reported in ``describe().extra``.
+Shapes: ``shapes="static"`` (default) compiles the graph for the exact input shape and compiles again when the
+shape changes (the last one is kept). OpenVINO's CPU plugin plans memory only for static shapes: with a dynamic
+model every node gets its own buffer, measured (official size, bf16, 2026.4.1) at 2.5 GiB peak for one 720p image
+against 1.1 GiB static and 1.6 GiB for ONNX Runtime; static also runs a little faster (17.8 s vs 18.7 s at 720p).
+A new shape costs one compile from the IR (1.7 s at 256x256, 2.2 s at 720p, official size), so ``"dynamic"`` (one
+compiled model for every shape) suits streams of images that all differ in size.
 
-Model caching: ``cache_dir=None`` (default) caches nothing. With a folder, the marked IR (bf16) is written there once
-per model content and island set, and OpenVINO's ``CACHE_DIR`` keeps the compiled blob there, so a second start
-imports it instead of reading and compiling the graph.
+An ``.onnx`` graph is converted once to an IR that every compile reads: in ``cache_dir`` when given (a second start
+reuses it and skips reading and marking the graph), else in a temporary folder removed on close
+(``python -m export.openvino`` writes one ahead of time). With ``shapes="dynamic"`` and a ``cache_dir``, OpenVINO's
+``CACHE_DIR`` also keeps the compiled blob there, so a second start imports it; static compiles are not cached that
+way (one blob as large as the weights per shape).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -29,186 +32,19 @@ from pathlib import Path
 import numpy as np
 
 from contract.files import update_digest
-from contract.graph import BF16_MIXED, FP32, FP32_ISLANDS, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
+from .openvino_ir import IR_FORMAT, ISLAND_REASONS, import_openvino, ir_precision, write_ir
 
 PRECISIONS = ("fp32", "bf16")
+SHAPES = ("static", "dynamic")
+# The shape compiled at load, to check the graph and report what runs in which precision before the first image.
+PROBE_HW = (32, 32)
 OV_HINT = {"fp32": "f32", "bf16": "bf16"}
-INSTALL_HINT = 'pip install "codeenhance-deploy[openvino]"'
-# The rt_info key of the "keep original precision" mark, written to IR as DisablePrecisionConversion (2026.3+).
-PRECISE_KEY = "precise_0"
-# Reasons kept in fp32 here: the declared islands. "overflow" is an FP16 range rule (bf16 has fp32's range).
-ISLAND_REASONS = tuple(FP32_ISLANDS)
 # OpenVINO op types that do arithmetic worth reporting (the rest: shapes, reshapes, constants).
 COMPUTE_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "MVN", "Softmax", "TopK",
                  "Eltwise", "Subgraph", "Reduce", "Interpolate", "Gather", "DepthToSpace", "Deconvolution"}
-LOOKUP_LAYER_TYPES = ("FullyConnected", "MatMul", "TopK", "Gather")
-
-
-def import_openvino():
-    try:
-        import openvino as ov
-    except ImportError as e:
-        raise BackendError(f"openvino: OpenVINO is not installed ({e}); install it with {INSTALL_HINT}") from e
-    return ov
-
-
-# ------------------------------------------------------------------------------------------- FP32 islands
-
-
-def island_nodes(onnx_model, keep_fp32=()) -> dict[str, list[str]]:
-    """ONNX node name -> reasons it stays fp32 under bf16: export.precision's lookup and normalisation rules,
-    plus ``keep_fp32`` (op types or node names, as ``export.precision --keep-fp32``; reason "user").
-
-    The "overflow" rule of the FP16 graph is left out: bf16 has fp32's range. ``onnx_model`` may have its
-    initializers' data stripped (``skeleton``): the rules read names, types and shapes only.
-    """
-    # Imported here: the rule module needs onnx (a core dependency), not torch; keep the runtime's import light.
-    from contract.precision_rules import PrecisionError, index_graph, island_rules, reasons_by_node, user_nodes
-
-    ix = index_graph(onnx_model)
-    try:
-        user = user_nodes(ix, list(keep_fp32))
-    except PrecisionError as e:
-        raise ValueError(f"openvino: keep_fp32: {e}") from e
-    return reasons_by_node(ix, {**island_rules(ix), "user": user})
-
-
-def skeleton(onnx_path: Path):
-    """The ONNX graph without its weights' bytes (names, types and shapes kept): the island rules and the name
-    mapping need no weights, and the bytes would double the peak memory of loading (166 MB official model)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
-            tensor.ClearField(field)
-    return model
-
-
-def ov_ops_for(ov_model, onnx_model, names) -> dict[str, list]:
-    """ONNX node name -> the OpenVINO ops of ``ov_model`` that implement it.
-
-    OpenVINO names the op making an ONNX node's output after the node and keeps the ONNX tensor names on outputs;
-    the ops a node is decomposed into (MVN_123, TopK_45) get generated names. So: start at the ops producing the
-    node's output tensors and walk up through unnamed tensors until a tensor with an ONNX name (the node's inputs,
-    or any other node's output), a Constant or a Parameter.
-    """
-    producer, by_friendly = {}, {}
-    for op in ov_model.get_ordered_ops():
-        by_friendly[op.get_friendly_name()] = op
-        for out in op.outputs():
-            for t in out.get_names():
-                producer[t] = out
-    nodes = {n.name: n for n in onnx_model.graph.node if n.name in names}
-    found = {}
-    for name, node in nodes.items():
-        outputs = set(node.output)
-        stack = [producer[t].get_node() for t in node.output if t in producer]
-        if name in by_friendly:
-            stack.append(by_friendly[name])
-        ops, seen = [], set()
-        while stack:
-            op = stack.pop()
-            if id(op) in seen or op.get_type_name() in ("Constant", "Parameter", "Result"):
-                continue
-            seen.add(id(op))
-            ops.append(op)
-            for inp in op.inputs():
-                src = inp.get_source_output()
-                tensor_names = set(src.get_names())
-                if tensor_names and not tensor_names & outputs:
-                    continue  # an ONNX tensor made elsewhere: the node's boundary
-                stack.append(src.get_node())
-        found[name] = ops
-    return found
-
-
-def mark(op) -> None:
-    op.get_rt_info()[PRECISE_KEY] = ""
-
-
-def mark_islands(ov_model, onnx_model, keep: dict[str, list[str]]) -> dict[str, str]:
-    """Mark the OpenVINO ops of the ``keep`` ONNX nodes, with the bias of each marked MatMul folded into it
-    (``fold_bias``); returns OpenVINO friendly name -> ONNX node name of what was marked."""
-    marked, matmuls = {}, []
-    for onnx_name, ops in ov_ops_for(ov_model, onnx_model, keep).items():
-        for op in ops:
-            mark(op)
-            marked[op.get_friendly_name()] = onnx_name
-            if op.get_type_name() == "MatMul":
-                matmuls.append(op)
-    for op in matmuls:
-        for new in fold_bias(op):
-            marked[new.get_friendly_name()] = "bias folded into a MatMul"
-    return marked
-
-
-def constant_value(output, depth: int = 4) -> np.ndarray | None:
-    """The value of a tensor computed from constants only (Constant, and Multiply/Add/Convert of such), else None:
-    the ONNX frontend writes a Gemm as MatMul, Multiply(alpha), Add(Multiply(beta, C))."""
-    node = output.get_node()
-    kind = node.get_type_name()
-    if kind == "Constant":
-        return node.get_data()
-    if kind not in ("Multiply", "Add") or depth == 0:
-        return None
-    a = constant_value(node.input_value(0), depth - 1)
-    b = None if a is None else constant_value(node.input_value(1), depth - 1)
-    if b is None:
-        return None
-    return a * b if kind == "Multiply" else a + b
-
-
-def single_consumer(output):
-    targets = list(output.get_target_inputs())
-    return targets[0] if len(targets) == 1 else None
-
-
-def fold_bias(matmul) -> list:
-    """MatMul(x, W) [* alpha] + b (W, alpha, b constants) -> MatMul(Concat(x, 1), [alpha W; b]), all marked;
-    returns the new ops.
-
-    The CPU plugin turns MatMul + constant-bias Add into one *new* FullyConnected node, and the fp32 mark does not
-    survive the replacement (it is not copyable): the lookup's distances (and every Gemm) ran bf16. With the bias
-    inside the product there is nothing to fuse and the marked MatMul becomes a FullyConnected that keeps its
-    mark (measured, 2026.4.1). The result is the same up to float rounding (the bias is summed in the f32 product).
-    """
-    import openvino.opset13 as ops
-
-    attrs = matmul.get_attributes()
-    w = constant_value(matmul.input_value(1))
-    if w is None or w.ndim != 2 or attrs["transpose_a"] or matmul.input_value(0).get_partial_shape().rank.is_dynamic:
-        return []
-    w = w.T if attrs["transpose_b"] else w  # [D, K]
-    consumer = single_consumer(matmul.output(0))
-    while consumer is not None and consumer.get_node().get_type_name() == "Multiply":  # Gemm's alpha
-        scale = constant_value(consumer.get_node().input_value(1 - consumer.get_index()))
-        if scale is None or scale.size != 1:
-            return []
-        w = w * scale.reshape(())
-        consumer = single_consumer(consumer.get_node().output(0))
-    if consumer is None or consumer.get_node().get_type_name() != "Add":
-        return []
-    add = consumer.get_node()
-    b = constant_value(add.input_value(1 - consumer.get_index()))
-    if b is None or b.size != w.shape[1]:
-        return []
-    x = matmul.input_value(0)
-    lead = ops.slice(ops.shape_of(x), ops.constant(np.array([0], np.int64)), ops.constant(np.array([-1], np.int64)),
-                     ops.constant(np.array([1], np.int64)))
-    ones = ops.broadcast(ops.constant(np.ones(1, w.dtype)), ops.concat([lead, ops.constant(np.array([1], np.int64))], 0))
-    augmented = ops.concat([x, ones], -1)
-    weights = np.concatenate([w, b.reshape(1, -1).astype(w.dtype)], 0)
-    folded = ops.matmul(augmented, ops.constant(np.ascontiguousarray(weights)), False, False)
-    folded.set_friendly_name(add.get_friendly_name())
-    folded.output(0).set_names(add.output(0).get_names())
-    add.output(0).replace(folded.output(0))
-    new = [lead, ones, augmented, folded]
-    for op in new:
-        mark(op)
-    return new
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -247,19 +83,23 @@ def lookup_runtime_ops(runtime_model) -> list:
 
 
 class OpenVINOBackend(BackendBase):
-    """``precision``: "fp32" or "bf16" (mixed: FP32 islands, see the module docstring). ``threads``: inference
-    threads (None: OpenVINO's default, all cores). ``cache_dir``: model cache folder (None: no caching).
-    ``keep_fp32``: extra op types or ONNX node names to keep fp32 under bf16 (e.g. ["Softmax"]).
-    ``device``: OpenVINO device name; the islands and precision hints are written for "CPU".
+    """``precision``: "fp32" or "bf16" (mixed: FP32 islands), None: an IR's own, else fp32. ``threads``: inference
+    threads (None: OpenVINO's default, all cores). ``cache_dir``: folder for the converted IR and, with dynamic
+    shapes, the compiled model (None: a temporary folder, nothing kept). ``shapes``: "static" (compile per input
+    shape: least memory) or "dynamic" (one compiled model). ``keep_fp32``: extra op types or ONNX node names to keep
+    fp32 under bf16 (e.g. ["Softmax"]). ``device``: OpenVINO device name; the islands and precision hints are
+    written for "CPU".
     """
 
     name = "openvino"
 
-    def __init__(self, model_path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, device: str = "CPU", keep_fp32=()):
+    def __init__(self, model_path: str | os.PathLike, *, precision: str | None = None, threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, device: str = "CPU", keep_fp32=(), shapes: str = "static"):
         super().__init__()
-        if precision not in PRECISIONS:
+        if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"openvino: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if shapes not in SHAPES:
+            raise ValueError(f"openvino: shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
         if threads is not None and threads < 0:
             raise ValueError(f"openvino: threads must be >= 0, got {threads}")
         self.model_path = Path(model_path)
@@ -268,8 +108,12 @@ class OpenVINOBackend(BackendBase):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = device
         self.keep_fp32 = tuple(keep_fp32)
-        self.compiled = self.request = None
+        self.shapes = shapes
+        self.compiled = self.request = self.compiled_shape = None
+        self.ir: Path | None = None
+        self.workdir: Path | None = None  # the temporary folder of a converted IR, removed on close
         self.islands: dict = {}
+        self.compiles = 0
 
     # -- loading
 
@@ -277,7 +121,7 @@ class OpenVINOBackend(BackendBase):
         config = {"INFERENCE_PRECISION_HINT": OV_HINT[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and self.shapes == "dynamic":
             config["CACHE_DIR"] = str(self.cache_dir)
         return config
 
@@ -295,18 +139,20 @@ class OpenVINOBackend(BackendBase):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.core, self.ov_version = core, ov.get_version()
         try:
-            if self.precision == "bf16" and suffix == ".onnx":
-                self.compiled = self._compile_marked(ov, core)
+            if suffix == ".xml":
+                self.ir = self.model_path
+                model = core.read_model(str(self.ir))
+                self.precision = self._precision_of_ir(ir_precision(model))
             else:
-                # A path, not a Model: with CACHE_DIR a second start imports the blob without reading the graph.
-                # An IR keeps the marks it was saved with (e.g. by this backend into cache_dir).
-                self.compiled = core.compile_model(str(self.model_path), self.device, self._config())
+                self.precision = self.precision or "fp32"
+                self.ir = self._convert(core)
+                model = core.read_model(str(self.ir))
         except (BackendError, ValueError):
             raise
         except Exception as e:  # OpenVINO raises RuntimeError/GeneralFailure with the useful text
             raise BackendError(f"openvino: cannot load {self.model_path}: {e}") from e
-        inputs = {i.get_any_name() for i in self.compiled.inputs}
-        outputs = [o.get_any_name() for o in self.compiled.outputs]
+        inputs = {i.get_any_name() for i in model.inputs}
+        outputs = [o.get_any_name() for o in model.outputs]
         if set(INPUT_NAMES) - inputs or OUTPUT_ENHANCED not in outputs:
             raise BackendError(
                 f"openvino: {self.model_path} does not follow the CodeEnhance graph contract: expected inputs "
@@ -314,47 +160,66 @@ class OpenVINOBackend(BackendBase):
                 "export it with python -m export.onnx"
             )
         self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
+        self.input_shape = str(model.input(INPUT_IMAGE).get_partial_shape())
+        del model  # its weights: each compile reads the IR again (memory-mapped)
+        # Compile now (dynamic: the model; static: a small probe shape) so that describe() reports what runs.
+        self._compile(None if self.shapes == "dynamic" else (1, 3, *PROBE_HW))
+
+    def _compile(self, shape) -> None:
+        """Compile the IR for ``shape`` (N, 3, H, W), or with its dynamic shape for None."""
+        self.request = self.compiled = None  # free the previous model first: peak memory holds one
+        try:
+            if shape is None:
+                # A path, not a Model: with CACHE_DIR a second start imports the blob without reading the graph.
+                self.compiled = self.core.compile_model(str(self.ir), self.device, self._config())
+            else:
+                model = self.core.read_model(str(self.ir))
+                model.reshape({INPUT_IMAGE: list(shape), **{name: [shape[0]] for name in INPUT_NAMES if name != INPUT_IMAGE}})
+                self.compiled = self.core.compile_model(model, self.device, self._config())
+                del model
+        except Exception as e:
+            raise BackendError(f"openvino: cannot compile {self.ir} for input shape {shape or self.input_shape}: {e}") from e
         self.request = self.compiled.create_infer_request()
+        self.compiled_shape = shape
+        self.compiles += 1
 
-    def _compile_marked(self, ov, core):
-        """bf16 from an ONNX graph: mark the FP32 islands, write IR, read it back, compile."""
-        if self.cache_dir is not None:
-            key = update_digest(hashlib.sha256(), self.model_path)
-            key.update(repr((sorted(ISLAND_REASONS), self.keep_fp32, self.ov_version)).encode())
-            xml = self.cache_dir / f"{self.model_path.stem}-bf16-{key.hexdigest()[:16]}.xml"
-            if xml.is_file() and xml.with_suffix(".bin").is_file():
-                try:
-                    self.islands = json.loads(xml.with_suffix(".json").read_text())
-                except (OSError, ValueError):
-                    self.islands = {"ir": str(xml)}
-                self.islands["reused_ir"] = True
-                return core.compile_model(str(xml), self.device, self._config())
-            return self._write_marked_ir(ov, core, xml)
-        with tempfile.TemporaryDirectory(prefix="codeenhance-ov-") as tmp:
-            return self._write_marked_ir(ov, core, Path(tmp) / f"{self.model_path.stem}-bf16.xml")
+    def _precision_of_ir(self, written_for: str | None) -> str:
+        if written_for == BF16_MIXED and self.precision == "fp32":
+            raise BackendError(
+                f"openvino: {self.model_path} was written for bf16 (its weights are stored bf16), so it cannot run "
+                "fp32; run the .onnx graph for fp32, or pass precision bf16")
+        return self.precision or ("bf16" if written_for == BF16_MIXED else "fp32")
 
-    def _write_marked_ir(self, ov, core, xml: Path):
-        onnx_model = skeleton(self.model_path)
-        keep = island_nodes(onnx_model, self.keep_fp32)
-        ov_model = core.read_model(str(self.model_path))
-        marked = mark_islands(ov_model, onnx_model, keep)
-        del onnx_model
-        self.islands = {"onnx_nodes": len(keep), "reasons": dict(Counter(r for why in keep.values() for r in why)),
-                        "ov_ops_marked": len(marked), "ir": str(xml) if self.cache_dir is not None else None}
-        # Write to a temporary name and rename: another process may read the cache at the same time.
-        part = xml.with_name(xml.stem + f".{os.getpid()}.part.xml")
-        ov.save_model(ov_model, str(part), compress_to_fp16=False)
-        del ov_model
-        part.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-        part.replace(xml)
+    def _convert(self, core) -> Path:
+        """The IR every compile reads: the graph as is (fp32) or with the FP32 islands marked (bf16); written to
+        cache_dir once per model content, island set and OpenVINO version, else to a temporary folder."""
+        if self.cache_dir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="codeenhance-ov-"))
+            return self._write_ir(core, self.workdir / f"{self.model_path.stem}-{self.precision}.xml")
+        key = update_digest(hashlib.sha256(), self.model_path)
+        key.update(repr((IR_FORMAT, self.precision, sorted(ISLAND_REASONS), self.keep_fp32, self.ov_version)).encode())
+        xml = self.cache_dir / f"{self.model_path.stem}-{self.precision}-{key.hexdigest()[:16]}.xml"
+        if xml.is_file() and xml.with_suffix(".bin").is_file():
+            try:
+                self.islands = json.loads(xml.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                self.islands = {"ir": str(xml)}
+            self.islands["reused_ir"] = True
+            return xml
+        return self._write_ir(core, xml)
+
+    def _write_ir(self, core, xml: Path) -> Path:
+        self.islands = write_ir(core, self.model_path, xml, self.precision, self.keep_fp32)
+        self.islands["ir"] = str(xml) if self.cache_dir is not None else None
         if self.cache_dir is not None:
             xml.with_suffix(".json").write_text(json.dumps(self.islands))
-        # Re-read: 2026.3+ honours the mark only in its serialized form (DisablePrecisionConversion).
-        return core.compile_model(str(xml), self.device, self._config())
+        return xml
 
     # -- running
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
+        if self.shapes == "static" and self.compiled_shape != images.shape:
+            self._compile(images.shape)
         self.request.infer(dict(zip(INPUT_NAMES, (images, w_texture, w_style))), share_inputs=True)
         enhanced = self.request.get_tensor(OUTPUT_ENHANCED).data.astype(np.float32, copy=True)
         codes = self.request.get_tensor(OUTPUT_CODES).data.copy() if OUTPUT_CODES in self.output_names else None
@@ -398,7 +263,9 @@ class OpenVINOBackend(BackendBase):
                 "inference_precision_hint": hint,
                 "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                 "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
-                "input_shape": str(self.compiled.input(INPUT_IMAGE).get_partial_shape()),
+                "input_shape": self.input_shape,
+                "shapes": self.shapes,
+                "ir": str(self.ir),
                 "outputs": list(self.output_names),
                 "fp32_islands": self.islands,
                 "runtime_precision": report,
@@ -406,4 +273,7 @@ class OpenVINOBackend(BackendBase):
         )
 
     def _close(self) -> None:
-        self.request = self.compiled = None
+        self.request = self.compiled = self.compiled_shape = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None

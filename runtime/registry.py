@@ -38,7 +38,7 @@ BACKENDS = {spec.name: spec for spec in (
     BackendSpec("tensorrt", "runtime.tensorrt_backend", "TensorRTBackend", (".plan", ".engine", ".trt"), (),
                 ("device",), ()),
     BackendSpec("openvino", "runtime.openvino_backend", "OpenVINOBackend", (".xml",),
-                (formats.OPENVINO_IR, formats.ONNX_GRAPH), ("precision", "threads", "cache_dir", "device"),
+                (formats.OPENVINO_IR, formats.ONNX_GRAPH), ("precision", "threads", "cache_dir", "device", "shapes"),
                 ("fp32", "bf16")),
     BackendSpec("aoti", "runtime.aoti_backend", "AotiBackend", (".pt2",), (formats.TORCH_PACKAGE,),
                 ("device", "threads"), ()),

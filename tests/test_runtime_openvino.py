@@ -84,15 +84,37 @@ def test_keep_fp32_widens_the_islands(tiny_onnx):
         OpenVINOBackend(tiny_onnx, precision="bf16", keep_fp32=["NoSuchOp"]).load()
 
 
+def test_static_shapes_compile_per_input_shape_and_match_dynamic(tiny_onnx, ort_reference):
+    x, weights, ref = ort_reference
+    one = (np.ones(1, np.float32),) * 2
+    with OpenVINOBackend(tiny_onnx, precision="fp32", threads=2, shapes="static") as static:
+        assert static.compiled_shape == (1, 3, 32, 32) and static.compiles == 1  # the probe compiled at load
+        out = static.infer(x, *weights)
+        assert static.compiled_shape == x.shape and static.compiles == 2
+        static.infer(x, *weights)
+        assert static.compiles == 2  # same shape: no recompile
+        odd = static.infer(batch(1, 37, 53, seed=1), *one)
+        assert static.compiled_shape == (1, 3, 37, 53) and static.compiles == 3
+        workdir = static.workdir
+        assert static.describe().extra["shapes"] == "static" and workdir.is_dir()
+    assert not workdir.exists()  # the converted IR is removed on close
+    with OpenVINOBackend(tiny_onnx, precision="fp32", threads=2, shapes="dynamic") as dynamic:
+        odd_dynamic = dynamic.infer(batch(1, 37, 53, seed=1), *one)
+        assert dynamic.compiled_shape is None and dynamic.compiles == 1
+    assert np.abs(out.enhanced - ref.enhanced).max() < 1e-4
+    np.testing.assert_array_equal(out.codes, ref.codes)
+    assert np.abs(odd.enhanced - odd_dynamic.enhanced).max() < 1e-4
+
+
 def test_cache_dir_makes_a_second_start_import_the_compiled_model(tiny_onnx, tmp_path, ort_reference):
     x, weights, _ = ort_reference
     cache = tmp_path / "cache"
-    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache) as first:
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache, shapes="dynamic") as first:
         a = first.infer(x, *weights)
         assert first.describe().extra["fp32_islands"]["ir"].startswith(str(cache))
     blobs = sorted(cache.glob("*.blob"))
     assert blobs and sorted(cache.glob("*.xml")), sorted(p.name for p in cache.iterdir())
-    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache) as second:
+    with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache, shapes="dynamic") as second:
         b = second.infer(x, *weights)
         assert second.describe().extra["fp32_islands"]["reused_ir"] is True
         lookup = second.describe().extra["runtime_precision"]["lookup"].values()
@@ -105,6 +127,8 @@ def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path):
     assert PRECISIONS == ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
         OpenVINOBackend(tiny_onnx, precision="fp16")
+    with pytest.raises(ValueError, match="shapes must be one of static, dynamic, got 'fixed'"):
+        OpenVINOBackend(tiny_onnx, shapes="fixed")
     with pytest.raises(BackendError, match="model not found"):
         OpenVINOBackend(tmp_path / "missing.onnx").load()
     bad = tmp_path / "bad.onnx"
@@ -125,3 +149,31 @@ def test_an_ir_written_by_the_backend_runs_as_bf16_mixed(tiny_onnx, tmp_path, bf
         out = from_ir.infer(x, *weights)
     assert all(n["precision"] == "f32" for n in lookup)  # the marks travel in the IR
     np.testing.assert_allclose(out.enhanced, bf16.infer(x, *weights).enhanced, atol=1e-6)
+
+
+def test_export_writes_a_bf16_ir_with_half_the_weights_that_runs_bf16(tiny_onnx, tmp_path, bf16, ort_reference):
+    from export.openvino import main as export_main
+
+    x, weights, ref = ort_reference
+    bf16_xml, fp32_xml = tmp_path / "m-bf16.xml", tmp_path / "m-fp32.xml"
+    assert export_main([str(tiny_onnx), "--out", str(bf16_xml), "--threads", "2"]) == 0
+    assert export_main([str(tiny_onnx), "--out", str(fp32_xml), "--precision", "fp32"]) == 0
+    # Convolution/MatMul weights outside the islands are stored bf16: the .bin is about half the fp32 one.
+    assert bf16_xml.with_suffix(".bin").stat().st_size < 0.6 * fp32_xml.with_suffix(".bin").stat().st_size
+    with OpenVINOBackend(bf16_xml, threads=2) as from_ir:  # precision None: the IR's own
+        info = from_ir.describe()
+        out = from_ir.infer(x, *weights)
+    assert info.precision == "bf16-mixed" and info.extra["inference_precision_hint"] == "bf16"
+    assert all(n["precision"] == "f32" for n in info.extra["runtime_precision"]["lookup"].values())
+    # Stored bf16 weights are what the bf16 kernels compute with: as close to fp32 as the on-the-fly conversion.
+    assert psnr(out.enhanced, ref.enhanced) > BF16_PSNR_DB and np.mean(out.codes == ref.codes) > 0.95
+    with pytest.raises(BackendError, match="was written for bf16"):
+        OpenVINOBackend(bf16_xml, precision="fp32").load()
+    with OpenVINOBackend(fp32_xml, threads=2) as plain:
+        assert plain.describe().precision == "fp32"
+    # An existing IR is not replaced without --overwrite; a non-.xml name is refused; nothing else is written.
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert export_main([str(tiny_onnx), "--out", str(bf16_xml)]) == 2
+    assert export_main([str(tiny_onnx), "--out", str(tmp_path / "m.bin")]) == 2
+    assert export_main([str(bf16_xml), "--out", str(tmp_path / "x.xml")]) == 2  # not an ONNX graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -7,8 +7,9 @@ The graph should be exported with codes (``python -m export.onnx --ckpt CKPT --o
 so that code agreement can be measured; ``--ckpt`` exports it here when --onnx does not exist.
 
 Speed: every backend is loaded once, warmed up at each size (OpenVINO prepares its kernels per input shape on the
-first call), then the backends run alternately, ``--repeats`` rounds, best time kept. Peak memory: each backend in a
-fresh process (load + one run at the size), ``ru_maxrss``. Fidelity: OpenVINO bf16 against OpenVINO fp32 and ONNX
+first call), then the backends run alternately, ``--repeats`` rounds, best time kept. Peak memory: each row of
+RSS_KINDS in a fresh process (load + one run at each of --rss-sizes), VmHWM; ``ov-bf16-ir`` starts from the IR that
+``python -m export.openvino`` writes (the deployment form), ``ov-bf16`` converts the .onnx on load. Fidelity: OpenVINO bf16 against OpenVINO fp32 and ONNX
 Runtime fp32 on every photo (downscaled to --max-side), with export.fidelity's metrics (PSNR, code agreement, NaN).
 
 ``--widen`` adds bf16 variants with more nodes kept fp32, for the time/fidelity trade-off: TOKEN is an op type or ONNX
@@ -25,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "lowlight"
 TARGET = {"time_ratio": 0.5, "psnr_mean": 40.0, "code_agreement": 0.99}
+# Peak memory rows: ONNX Runtime, OpenVINO converting the .onnx on load (fp32, bf16), from the exported bf16 IR,
+# and the bf16 model compiled once for every shape.
+RSS_KINDS = ("ort-fp32", "ov-fp32", "ov-bf16", "ov-bf16-ir", "ov-bf16-dynamic")
 
 
 def codes_path(onnx_path: Path) -> list[str]:
@@ -59,15 +64,20 @@ def keep_list(tokens: list[str], onnx_path: Path) -> list[str]:
     return out
 
 
-def make_backend(kind: str, onnx_path: Path, threads: int, keep=()):
+def make_backend(kind: str, onnx_path: Path, threads: int, keep=(), ir: Path | None = None):
+    """ort-fp32; ov-fp32, ov-bf16 (from the .onnx, converted on load); ov-bf16-ir (the IR from export.openvino);
+    ov-bf16-dynamic (one compiled model for every shape)."""
     if kind == "ort-fp32":
         from runtime.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(onnx_path, threads=threads)
     from runtime.openvino_backend import OpenVINOBackend
 
+    if kind == "ov-bf16-ir":
+        return OpenVINOBackend(ir, threads=threads)
     precision = "fp32" if kind == "ov-fp32" else "bf16"
-    return OpenVINOBackend(onnx_path, precision=precision, threads=threads, keep_fp32=keep)
+    shapes = "dynamic" if kind.endswith("-dynamic") else "static"
+    return OpenVINOBackend(onnx_path, precision=precision, threads=threads, keep_fp32=keep, shapes=shapes)
 
 
 def ones(n: int = 1) -> np.ndarray:
@@ -102,10 +112,10 @@ def speed(backends: dict, sizes, repeats: int) -> dict:
     return results
 
 
-def peak_rss(kind: str, onnx_path: Path, hw, threads: int, keep=()) -> dict:
+def peak_rss(kind: str, onnx_path: Path, hw, threads: int, keep=(), ir: Path | None = None) -> dict:
     """Peak RSS of a fresh process that loads the backend and runs once at ``hw``."""
     cmd = [sys.executable, __file__, "--worker", kind, "--onnx", str(onnx_path), "--threads", str(threads),
-           "--worker-size", f"{hw[0]}x{hw[1]}", "--worker-keep", json.dumps(list(keep))]
+           "--worker-size", f"{hw[0]}x{hw[1]}", "--worker-keep", json.dumps(list(keep))] + (["--ir", str(ir)] if ir else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -121,7 +131,7 @@ def vm_hwm_mib() -> float:
 
 def worker(args) -> int:
     hw = parse_size(args.worker_size)
-    backend = make_backend(args.worker, args.onnx, args.threads, json.loads(args.worker_keep))
+    backend = make_backend(args.worker, args.onnx, args.threads, json.loads(args.worker_keep), args.ir)
     t0 = time.perf_counter()
     backend.load()
     load_s = time.perf_counter() - t0
@@ -182,8 +192,11 @@ def markdown(result: dict) -> str:
         ratio = row["ov-bf16"]["best_s"] / ort if "ov-bf16" in row else float("nan")
         lines.append(f"| {size} | " + " | ".join(f"{row[n]['best_s']:.2f} s" for n in result["backends"]) + f" | {ratio:.3f}x |")
     if result.get("rss"):
-        lines += ["", "| peak RSS (fresh process) | " + " | ".join(result["rss"]) + " |", "|---|" + "---|" * len(result["rss"])]
-        lines.append(f"| {result['rss_size']} | " + " | ".join(f"{v['peak_rss_mib']:.0f} MiB" for v in result["rss"].values()) + " |")
+        lines += ["", "| peak RSS (fresh process: load + one image) | " + " | ".join(RSS_KINDS) + " | bf16 IR / ORT fp32 |",
+                  "|---|" + "---|" * (len(RSS_KINDS) + 1)]
+        for size, row in result["rss"].items():
+            ratio = row["ov-bf16-ir"]["peak_rss_mib"] / row["ort-fp32"]["peak_rss_mib"]
+            lines.append(f"| {size} | " + " | ".join(f"{row[k]['peak_rss_mib']:.0f} MiB" for k in RSS_KINDS) + f" | {ratio:.2f}x |")
     if result.get("fidelity"):
         lines += ["", "| comparison | PSNR mean / worst | max 8-bit err | code agreement mean / worst | NaN/Inf |",
                   "|---|---|---|---|---|"]
@@ -201,7 +214,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="256x256,720p", help="HxW list for speed (720p, 1080p accepted)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rss-size", default="720p", help="input size of the peak-memory runs ('' to skip)")
+    p.add_argument("--rss-sizes", default="256x256,720p", help="input sizes of the peak-memory runs ('' to skip)")
+    p.add_argument("--ir", type=Path, help="the bf16 IR for the ov-bf16-ir memory rows (default: written by "
+                                           "export.openvino beside --json, or in a temporary folder)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="photos for fidelity ('' to skip)")
     p.add_argument("--max-side", type=int, default=256)
     p.add_argument("--widen", action="append", default=[], metavar="NAME=TOKEN,...",
@@ -260,13 +275,21 @@ def main(argv=None) -> int:
         b.close()
     del backends
 
-    if args.rss_size:
-        hw = parse_size(args.rss_size)
-        result["rss_size"] = f"{hw[0]}x{hw[1]}"
+    if args.rss_sizes:
+        ir = args.ir
+        if ir is None:
+            from export.openvino import export_ir
+
+            ir = Path(tempfile.mkdtemp(prefix="ov-speed-")) / f"{args.onnx.stem}-bf16.xml"
+            export_ir(args.onnx, ir, "bf16", threads=args.threads)
         result["rss"] = {}
-        for k in kinds:
-            result["rss"][k] = peak_rss(k, args.onnx, hw, args.threads)
-            print(f"  peak RSS {k} at {result['rss_size']}: {result['rss'][k]}", flush=True)
+        for size in args.rss_sizes.split(","):
+            hw = parse_size(size)
+            label = f"{hw[0]}x{hw[1]}"
+            result["rss"][label] = {}
+            for k in RSS_KINDS:
+                result["rss"][label][k] = peak_rss(k, args.onnx, hw, args.threads, ir=ir)
+                print(f"  peak RSS {k} at {label}: {result['rss'][label][k]}", flush=True)
     result["load_average_end"] = os.getloadavg()
 
     print("\n" + markdown(result))

@@ -10,18 +10,21 @@ import numpy as np
 import torch
 
 from codeenhance import CheckpointError, CodeEnhance, load_model
-from codeenhance.islands import keep_fp32_islands
+from codeenhance.islands import keep_fp32_islands, lean_fp16
 from contract.graph import FP16_MIXED, FP32
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
-PRECISIONS = ("fp32", "tf32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16", "fp16-lean")
 
 
 class TorchBackend(BackendBase):
     """``model``: a checkpoint path (official format) or a CodeEnhance instance (not modified).
 
     ``precision="fp16"`` runs under CUDA autocast with the nearest-code search and the IFT statistics in fp32.
+    ``"fp16-lean"`` runs fp16 weights without autocast, the same islands cast explicitly, and GroupNorm, LayerNorm
+    and Softmax on fp16 tensors (fp32 accumulation inside the kernels) instead of autocast's fp32 copies
+    (codeenhance.islands.lean_fp16); it also runs on CPU (for checking, not for speed).
     On CUDA, "fp32" is true fp32: torch runs cuDNN convolutions in TF32 by default, so the TF32 switches are set
     for each call (they are process-wide) and "tf32" is its own, labelled variant.
     ``threads`` sets torch's intra-op thread count (a process-wide setting) when given.
@@ -54,7 +57,7 @@ class TorchBackend(BackendBase):
         if isinstance(self.source, CodeEnhance):
             model = self.source
             # Moving or wrapping (fp16 islands) is done on a copy: the caller's model stays as it is.
-            if next(model.parameters()).device != torch.empty(0, device=self.device).device or self.precision == "fp16":
+            if next(model.parameters()).device != torch.empty(0, device=self.device).device or self.precision.startswith("fp16"):
                 model = copy.deepcopy(model).to(self.device)
             model = model.eval()
         else:
@@ -62,7 +65,8 @@ class TorchBackend(BackendBase):
                 model = load_model(self.source, device=self.device)
             except CheckpointError as e:
                 raise BackendError(f"torch: {e}") from e
-        self.model = keep_fp32_islands(model) if self.precision == "fp16" else model
+        wrap = {"fp16": keep_fp32_islands, "fp16-lean": lean_fp16}.get(self.precision)
+        self.model = wrap(model) if wrap else model
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -74,6 +78,8 @@ class TorchBackend(BackendBase):
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
         x = torch.from_numpy(images).to(self.device)
+        if self.precision == "fp16-lean":
+            x = x.half()
         wt = torch.from_numpy(w_texture).to(self.device)
         ws = torch.from_numpy(w_style).to(self.device)
         with torch.inference_mode():
@@ -91,8 +97,9 @@ class TorchBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=device,
-            precision={"fp16": FP16_MIXED, "tf32": "tf32", "fp32": FP32}[self.precision],
-            extra={"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__},
+            precision={"fp16": FP16_MIXED, "fp16-lean": FP16_MIXED, "tf32": "tf32", "fp32": FP32}[self.precision],
+            extra={"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__,
+                   **({"fp16": "lean" if self.precision == "fp16-lean" else "autocast"} if "fp16" in self.precision else {})},
         )
 
     def _close(self) -> None:

@@ -45,7 +45,8 @@ class Artifacts:
         self.errors: dict[str, str] = {}
         self.makers = {"checkpoint": self._checkpoint, "onnx": lambda: self._graph("gather"),
                        "onnx_onehot": lambda: self._graph("onehot"), "onnx_fp16": self._fp16, "engine": self._engine,
-                       "aoti": lambda: self._aoti("fp32"), "aoti_fp16": lambda: self._aoti("fp16")}
+                       "aoti": lambda: self._aoti("fp32"), "aoti_fp16": lambda: self._aoti("fp16"),
+                       "openvino_bf16": self._openvino_bf16}
 
     def get(self, kind: str) -> Path:
         """The artifact's path, made (and timed) on first use; ``seconds_to_make`` of a reused file is its lookup."""
@@ -138,6 +139,19 @@ class Artifacts:
         if not self._reuse(plan.engine_path, "TensorRT engine"):
             EngineBuilder(plan, log=self.log).build()
         return plan.engine_path
+
+    def _openvino_bf16(self) -> Path:
+        """The bf16 OpenVINO IR of this run's fp32 graph (export.openvino): what a deployment loads."""
+        from export.openvino import export_ir
+        from runtime.openvino_backend import import_openvino
+        from runtime.openvino_ir import IR_FORMAT
+
+        source = self.get("onnx")
+        tools = hashlib.sha256(f"{import_openvino().get_version()} {IR_FORMAT}".encode()).hexdigest()[:10]
+        path = self._out(f"{source.stem}-{file_key(source)}-{tools}-bf16.xml")
+        if not self._reuse(path, "OpenVINO bf16 IR (export.openvino)"):
+            export_ir(source, path, "bf16", overwrite=True, threads=self.threads)
+        return path
 
     def _aoti(self, precision: str) -> Path:
         """An AOTInductor package with one static bucket per benchmark size (export.aoti), for this run's device."""

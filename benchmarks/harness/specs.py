@@ -16,14 +16,15 @@ class BackendSpec:
     name: str
     runtime: str  # which runtime/ backend class runs it: "torch", "onnxruntime" or "tensorrt"
     precision: str  # "fp32", "fp16" or "bf16" (the graph, autocast or OpenVINO keeps the FP32 islands)
-    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine", "aoti" or "aoti_fp16"
+    artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine", "aoti", "aoti_fp16"
+    # or "openvino_bf16"
     summary: str
     needs_cuda: bool = False
 
     @property
     def precision_label(self) -> str:
         """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
-        return self.precision if self.precision in ("fp32", "tf32") else f"{self.precision}-mixed"
+        return self.precision if self.precision in ("fp32", "tf32") else "fp16-mixed" if self.precision.startswith("fp16") else f"{self.precision}-mixed"
 
 
 BACKENDS = {
@@ -34,6 +35,9 @@ BACKENDS = {
                     needs_cuda=True),
         BackendSpec("torch-fp16", "torch", "fp16", "checkpoint", "PyTorch CUDA autocast fp16 with fp32 islands",
                     needs_cuda=True),
+        BackendSpec("torch-fp16-lean", "torch", "fp16-lean", "checkpoint",
+                    "PyTorch CUDA fp16 weights, no autocast: norms on fp16 tensors, FP32 islands cast explicitly",
+                    needs_cuda=True),
         BackendSpec("onnxruntime", "onnxruntime", "fp32", "onnx", "ONNX Runtime, fp32 graph, gather lookup"),
         BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", "onnx_fp16",
                     "ONNX Runtime, mixed-precision fp16 graph (export.precision)"),
@@ -42,8 +46,9 @@ BACKENDS = {
         BackendSpec("onehot", "onnxruntime", "fp32", "onnx_onehot",
                     "ONNX Runtime, fp32 graph with the original one-hot lookup (baseline)"),
         BackendSpec("openvino", "openvino", "fp32", "onnx", "OpenVINO CPU, fp32 graph (f32 hint set explicitly)"),
-        BackendSpec("openvino-bf16", "openvino", "bf16", "onnx",
-                    "OpenVINO CPU, bf16 hint with the FP32 islands kept (nearest-code search, normalisation)"),
+        BackendSpec("openvino-bf16", "openvino", "bf16", "openvino_bf16",
+                    "OpenVINO CPU, bf16 IR from export.openvino: FP32 islands kept (nearest-code search, "
+                    "normalisation), other weights bf16; static shapes"),
         BackendSpec("aoti", "aoti", "fp32", "aoti", "AOTInductor package (export.aoti), one static bucket per size"),
         BackendSpec("aoti-fp16", "aoti", "fp16", "aoti_fp16", "AOTInductor CUDA package, fp16 with the FP32 islands",
                     needs_cuda=True),

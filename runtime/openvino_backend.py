@@ -138,6 +138,9 @@ class OpenVINOBackend(BackendBase):
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.core, self.ov_version = core, ov.get_version()
+        if suffix == ".xml" and self.keep_fp32:
+            raise ValueError(f"openvino: keep_fp32 applies when converting an .onnx graph; the islands of the IR "
+                             f"{self.model_path} were fixed when it was written")
         try:
             if suffix == ".xml":
                 self.ir = self.model_path
@@ -147,9 +150,11 @@ class OpenVINOBackend(BackendBase):
                 self.precision = self.precision or "fp32"
                 self.ir = self._convert(core)
                 model = core.read_model(str(self.ir))
-        except (BackendError, ValueError):
-            raise
-        except Exception as e:  # OpenVINO raises RuntimeError/GeneralFailure with the useful text
+        except Exception as e:
+            self._close()  # the temporary folder of a half-written conversion
+            if isinstance(e, (BackendError, ValueError)):
+                raise
+            # OpenVINO raises RuntimeError/GeneralFailure with the useful text
             raise BackendError(f"openvino: cannot load {self.model_path}: {e}") from e
         inputs = {i.get_any_name() for i in model.inputs}
         outputs = [o.get_any_name() for o in model.outputs]
@@ -167,7 +172,7 @@ class OpenVINOBackend(BackendBase):
 
     def _compile(self, shape) -> None:
         """Compile the IR for ``shape`` (N, 3, H, W), or with its dynamic shape for None."""
-        self.request = self.compiled = None  # free the previous model first: peak memory holds one
+        self.request = self.compiled = self.compiled_shape = None  # free the previous model first: peak memory holds one
         try:
             if shape is None:
                 # A path, not a Model: with CACHE_DIR a second start imports the blob without reading the graph.

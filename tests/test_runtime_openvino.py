@@ -4,6 +4,8 @@ Real OpenVINO runs on the tiny preset's graph (conftest.tiny_onnx, exported with
 """
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -123,7 +125,7 @@ def test_cache_dir_makes_a_second_start_import_the_compiled_model(tiny_onnx, tmp
     np.testing.assert_array_equal(a.enhanced, b.enhanced)
 
 
-def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path):
+def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path, monkeypatch):
     assert PRECISIONS == ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
         OpenVINOBackend(tiny_onnx, precision="fp16")
@@ -133,8 +135,12 @@ def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path):
         OpenVINOBackend(tmp_path / "missing.onnx").load()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(BackendError, match="cannot load"):
         OpenVINOBackend(bad).load()
+    assert not list(scratch.iterdir())  # no conversion folder left behind
     with pytest.raises(BackendError, match=r"\.onnx graph or an OpenVINO IR"):
         (tmp_path / "m.bin").write_bytes(b"x")
         OpenVINOBackend(tmp_path / "m.bin").load()
@@ -169,6 +175,8 @@ def test_export_writes_a_bf16_ir_with_half_the_weights_that_runs_bf16(tiny_onnx,
     assert psnr(out.enhanced, ref.enhanced) > BF16_PSNR_DB and np.mean(out.codes == ref.codes) > 0.95
     with pytest.raises(BackendError, match="was written for bf16"):
         OpenVINOBackend(bf16_xml, precision="fp32").load()
+    with pytest.raises(ValueError, match="keep_fp32 applies when converting"):
+        OpenVINOBackend(bf16_xml, keep_fp32=["Softmax"]).load()
     with OpenVINOBackend(fp32_xml, threads=2) as plain:
         assert plain.describe().precision == "fp32"
     # An existing IR is not replaced without --overwrite; a non-.xml name is refused; nothing else is written.

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU (issue 14; device time is short): every GPU figure in one go.
-# Usage, from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [OUT]   (default $OUT or
-# benchmarks/results/gpu). Official-size demo checkpoint, true-fp32 reference (TF32 off), then TF32, fp16 with the
-# FP32 islands (autocast and lean), the AOTInductor packages (fp32 and fp16, one bucket per size: compile times land in the artifacts'
-# report) and ONNX Runtime, at 256x256, 720p and 1080p, on the LIME/MEF photos when ../shared is there.
+# Usage, from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [eager|aoti] [OUT]   (default
+# eager, $OUT or benchmarks/results/gpu). A device command may run 10 minutes at most: "eager" (the torch rows,
+# then the CUDA tests) fits; "aoti" compiles one package bucket per size and precision (minutes each)
+# and goes in its own call. Official-size demo checkpoint, true-fp32 reference (TF32 off), then TF32, fp16 with the
+# FP32 islands (autocast, lean, lean from CUDA graphs), the AOTInductor packages (fp32 and fp16, one bucket per size: compile times land in the artifacts'
+# report), at 256x256, 720p and 1080p, on the LIME/MEF photos when ../shared is there. ONNX Runtime is left out:
+# that machine has only its CPU build (its CPU figures are measured here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-benchmarks/results/gpu}}"
+phase="${1:-eager}"
+out="${2:-${OUT:-benchmarks/results/gpu}}"
 images=()
 [ -d ../shared/data/lowlight ] && images=(--images ../shared/data/lowlight)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee /dev/stderr >/dev/null
-python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
-  --backends torch,torch-tf32,torch-fp16,torch-fp16-lean,aoti,aoti-fp16,onnxruntime "${images[@]}" --out "$out"
-python -m pytest -q tests/test_runtime.py tests/test_aoti.py -k "cuda or fp16"
+if [ "$phase" = aoti ]; then
+  python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
+    --backends torch,aoti,aoti-fp16 "${images[@]}" --out "$out-aoti"
+  python -m pytest -q tests/test_aoti.py -k "cuda or fp16"
+else
+  python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
+    --backends torch,torch-tf32,torch-fp16,torch-fp16-lean,torch-fp16-lean-graphs "${images[@]}" --out "$out"
+  python -m pytest -q tests/test_runtime.py -k "cuda or fp16"
+fi

@@ -176,7 +176,8 @@ def measure_all(args, entries: dict, ready: dict, input_paths: dict, work: Path)
             bar.set_postfix_str(f"{name} {label}")
             job = {"backend": name, "runtime": spec.runtime, "precision": spec.precision, "artifact": str(artifact),
                    "device": args.device, "threads": args.threads, "inputs": str(input_paths[hw]), "size": label,
-                   "batch": args.batch, "warmup": args.warmup, "iters": args.iters, "w_texture": 1.0, "w_style": 1.0}
+                   "batch": args.batch, "warmup": args.warmup, "iters": args.iters, "w_texture": 1.0, "w_style": 1.0,
+                   "options": dict(spec.options)}
             raw[name][label] = run_worker(job, work, args.timeout)
             entries[name]["sizes"][label] = size_record(hw, (padded_size(hw[0]), padded_size(hw[1])), args.batch,
                                                         raw[name][label])

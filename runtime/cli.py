@@ -33,7 +33,7 @@ ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
 # The command-line flag of each backend option, for messages.
 OPTION_FLAGS = {"device": "--device", "precision": "--precision/--fp16", "providers": "--providers",
                 "threads": "--threads", "cache_dir": "--cache-dir",
-                "shapes": "--shapes"}
+                "shapes": "--shapes", "cuda_graphs": "--cuda-graphs"}
 PRECISIONS = sorted({p for spec in BACKENDS.values() for p in spec.precisions})
 
 
@@ -157,6 +157,8 @@ def parse_args(argv):
     p.add_argument("--cache-dir", type=Path, help="openvino: keep the converted model here, so a second start is fast")
     p.add_argument("--shapes", choices=("static", "dynamic"),
                    help="openvino: compile per input size (static, default: least memory) or once for all sizes")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="torch on CUDA: capture each input size once into a CUDA graph and replay it")
     p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch, onnxruntime or openvino (>= 1)")
     p.add_argument("--w-texture", type=weight, default=1.0, help="texture weight, 0..4 (default 1.0)")

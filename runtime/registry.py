@@ -32,7 +32,7 @@ class BackendSpec:
 
 BACKENDS = {spec.name: spec for spec in (
     BackendSpec("torch", "runtime.torch_backend", "TorchBackend", (".pth", ".pt"), (formats.TORCH_CHECKPOINT,),
-                ("device", "precision", "threads"), ("fp32", "tf32", "fp16", "fp16-lean")),
+                ("device", "precision", "threads", "cuda_graphs"), ("fp32", "tf32", "fp16", "fp16-lean")),
     BackendSpec("onnxruntime", "runtime.onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), (formats.ONNX_GRAPH,),
                 ("providers", "threads"), ()),
     BackendSpec("tensorrt", "runtime.tensorrt_backend", "TensorRTBackend", (".plan", ".engine", ".trt"), (),

@@ -171,6 +171,25 @@ def test_lean_fp16_runs_norms_on_fp16_and_keeps_the_islands(tiny_model, lowlight
     assert tiny_model.quantizer.codebook().dtype == torch.float32  # the caller's model is not converted
 
 
+def test_cuda_graphs_are_refused_off_cuda(tiny_model):
+    with pytest.raises(BackendError, match="cuda_graphs needs a CUDA device"):
+        TorchBackend(tiny_model, cuda_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_replay_equals_the_eager_run(tiny_model):
+    rng = np.random.default_rng(0)
+    with TorchBackend(tiny_model, device="cuda", precision="fp16-lean") as eager, \
+            TorchBackend(tiny_model, device="cuda", precision="fp16-lean", cuda_graphs=True) as graphed:
+        for shape in ((1, 3, 64, 96), (2, 3, 40, 40), (1, 3, 64, 96)):  # a shape seen again replays its graph
+            x = (rng.random(shape, dtype=np.float32) * 0.3).astype(np.float32)
+            w = np.linspace(0.5, 1.5, shape[0]).astype(np.float32)
+            a, b = eager.infer(x, w, w), graphed.infer(x, w, w)
+            np.testing.assert_allclose(b.enhanced, a.enhanced, atol=1e-3)
+            np.testing.assert_array_equal(b.codes, a.codes)
+        assert len(graphed.graphs) == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast needs a CUDA GPU")
 def test_torch_fp16_on_cuda_stays_close_to_fp32(tiny_model, lowlight_dir):
     photo = downscaled_photo(lowlight_dir, PHOTOS[1], 96)

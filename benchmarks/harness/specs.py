@@ -20,6 +20,7 @@ class BackendSpec:
     # or "openvino_bf16"
     summary: str
     needs_cuda: bool = False
+    options: tuple = ()  # extra backend keyword arguments, as (name, value) pairs
 
     @property
     def precision_label(self) -> str:
@@ -38,6 +39,9 @@ BACKENDS = {
         BackendSpec("torch-fp16-lean", "torch", "fp16-lean", "checkpoint",
                     "PyTorch CUDA fp16 weights, no autocast: norms on fp16 tensors, FP32 islands cast explicitly",
                     needs_cuda=True),
+        BackendSpec("torch-fp16-lean-graphs", "torch", "fp16-lean", "checkpoint",
+                    "torch-fp16-lean replayed from a CUDA graph captured per input size", needs_cuda=True,
+                    options=(("cuda_graphs", True),)),
         BackendSpec("onnxruntime", "onnxruntime", "fp32", "onnx", "ONNX Runtime, fp32 graph, gather lookup"),
         BackendSpec("onnxruntime-fp16", "onnxruntime", "fp16", "onnx_fp16",
                     "ONNX Runtime, mixed-precision fp16 graph (export.precision)"),

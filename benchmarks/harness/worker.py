@@ -50,6 +50,7 @@ def make_backend(job: dict):
               "providers": "cuda" if job["device"] == "cuda" else None}
     spec = BACKENDS[job["runtime"]]
     options = {k: v for k, v in wanted.items() if k in spec.options and v is not None}
+    options.update(job.get("options", {}))  # the row's own (e.g. cuda_graphs)
     if job["runtime"] == "openvino":
         options["device"] = "CPU"
     return create_backend(job["artifact"], job["runtime"], **options)

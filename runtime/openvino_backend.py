@@ -35,7 +35,7 @@ from contract.files import update_digest
 from contract.graph import BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
-from .openvino_ir import IR_FORMAT, ISLAND_REASONS, import_openvino, ir_precision, write_ir
+from .openvino_ir import IR_FORMAT, IR_SOURCES, ISLAND_REASONS, import_openvino, ir_precision, write_ir
 
 PRECISIONS = ("fp32", "bf16")
 SHAPES = ("static", "dynamic")
@@ -150,12 +150,18 @@ class OpenVINOBackend(BackendBase):
                 self.precision = self.precision or "fp32"
                 self.ir = self._convert(core)
                 model = core.read_model(str(self.ir))
-        except Exception as e:
-            self._close()  # the temporary folder of a half-written conversion
-            if isinstance(e, (BackendError, ValueError)):
+            self._check_contract(model)
+            del model  # its weights: each compile reads the IR again (memory-mapped)
+            # Compile now (dynamic: the model; static: a small probe shape) so that describe() reports what runs.
+            self._compile(None if self.shapes == "dynamic" else (1, 3, *PROBE_HW))
+        except BaseException as e:
+            self._close()  # the temporary folder of a conversion
+            if isinstance(e, (BackendError, ValueError)) or not isinstance(e, Exception):
                 raise
             # OpenVINO raises RuntimeError/GeneralFailure with the useful text
             raise BackendError(f"openvino: cannot load {self.model_path}: {e}") from e
+
+    def _check_contract(self, model) -> None:
         inputs = {i.get_any_name() for i in model.inputs}
         outputs = [o.get_any_name() for o in model.outputs]
         if set(INPUT_NAMES) - inputs or OUTPUT_ENHANCED not in outputs:
@@ -166,9 +172,6 @@ class OpenVINOBackend(BackendBase):
             )
         self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
         self.input_shape = str(model.input(INPUT_IMAGE).get_partial_shape())
-        del model  # its weights: each compile reads the IR again (memory-mapped)
-        # Compile now (dynamic: the model; static: a small probe shape) so that describe() reports what runs.
-        self._compile(None if self.shapes == "dynamic" else (1, 3, *PROBE_HW))
 
     def _compile(self, shape) -> None:
         """Compile the IR for ``shape`` (N, 3, H, W), or with its dynamic shape for None."""
@@ -193,6 +196,11 @@ class OpenVINOBackend(BackendBase):
             raise BackendError(
                 f"openvino: {self.model_path} was written for bf16 (its weights are stored bf16), so it cannot run "
                 "fp32; run the .onnx graph for fp32, or pass precision bf16")
+        if written_for != BF16_MIXED and self.precision == "bf16":
+            # Its ops carry no FP32-island marks: the bf16 hint would lower the nearest-code lookup too.
+            raise BackendError(
+                f"openvino: {self.model_path} was not written for bf16 (it was written for {written_for or 'an unknown precision'}: "
+                "no FP32 islands marked); write a bf16 IR with python -m export.openvino, or run the .onnx graph")
         return self.precision or ("bf16" if written_for == BF16_MIXED else "fp32")
 
     def _convert(self, core) -> Path:
@@ -203,6 +211,8 @@ class OpenVINOBackend(BackendBase):
             return self._write_ir(core, self.workdir / f"{self.model_path.stem}-{self.precision}.xml")
         key = update_digest(hashlib.sha256(), self.model_path)
         key.update(repr((IR_FORMAT, self.precision, sorted(ISLAND_REASONS), self.keep_fp32, self.ov_version)).encode())
+        for source in IR_SOURCES:  # a change to the island rules or the IR writer writes the IR again
+            update_digest(key, source)
         xml = self.cache_dir / f"{self.model_path.stem}-{self.precision}-{key.hexdigest()[:16]}.xml"
         if xml.is_file() and xml.with_suffix(".bin").is_file():
             try:

@@ -46,7 +46,7 @@ def test_fp32_matches_onnxruntime(tiny_onnx, ort_reference):
     with OpenVINOBackend(tiny_onnx, precision="fp32", threads=2) as backend:
         out = backend.infer(x, *weights)
         info = backend.describe()
-        odd = backend.infer(batch(1, 37, 53, seed=1), np.ones(1, np.float32), np.ones(1, np.float32))  # dynamic H, W
+        odd = backend.infer(batch(1, 37, 53, seed=1), np.ones(1, np.float32), np.ones(1, np.float32))  # another H, W
     assert np.abs(out.enhanced - ref.enhanced).max() < 1e-4
     np.testing.assert_array_equal(out.codes, ref.codes)
     assert odd.enhanced.shape == (1, 3, 37, 53)
@@ -112,11 +112,13 @@ def test_cache_dir_makes_a_second_start_import_the_compiled_model(tiny_onnx, tmp
     x, weights, _ = ort_reference
     cache = tmp_path / "cache"
     with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache, shapes="dynamic") as first:
+        assert first.compiled.get_property("LOADED_FROM_CACHE") is False
         a = first.infer(x, *weights)
         assert first.describe().extra["fp32_islands"]["ir"].startswith(str(cache))
     blobs = sorted(cache.glob("*.blob"))
     assert blobs and sorted(cache.glob("*.xml")), sorted(p.name for p in cache.iterdir())
     with OpenVINOBackend(tiny_onnx, precision="bf16", threads=2, cache_dir=cache, shapes="dynamic") as second:
+        assert second.compiled.get_property("LOADED_FROM_CACHE") is True
         b = second.infer(x, *weights)
         assert second.describe().extra["fp32_islands"]["reused_ir"] is True
         lookup = second.describe().extra["runtime_precision"]["lookup"].values()
@@ -183,9 +185,12 @@ def test_export_writes_a_bf16_ir_with_half_the_weights_that_runs_bf16(tiny_onnx,
         OpenVINOBackend(bf16_xml, keep_fp32=["Softmax"]).load()
     with OpenVINOBackend(fp32_xml, threads=2) as plain:
         assert plain.describe().precision == "fp32"
+    with pytest.raises(BackendError, match="was not written for bf16"):  # no islands marked: the lookup would be bf16
+        OpenVINOBackend(fp32_xml, precision="bf16").load()
     # An existing IR is not replaced without --overwrite; a non-.xml name is refused; nothing else is written.
     before = sorted(p.name for p in tmp_path.iterdir())
     assert export_main([str(tiny_onnx), "--out", str(bf16_xml), *lenient]) == 2
     assert export_main([str(tiny_onnx), "--out", str(tmp_path / "m.bin")]) == 2
     assert export_main([str(bf16_xml), "--out", str(tmp_path / "x.xml")]) == 2  # not an ONNX graph
+    assert export_main([str(tiny_onnx), "--out", str(tmp_path / "y.xml"), "--precision", "fp32", "--keep-fp32", "Gemm"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -151,8 +151,7 @@ class Artifacts:
         path = self._out(f"{source.stem}-{file_key(source)}-{tools}-bf16.xml")
         if not self._reuse(path, "OpenVINO bf16 IR (export.openvino)"):
             # The harness measures fidelity itself, on the run's photos: no bar here.
-            export_ir(source, path, "bf16", overwrite=True, threads=self.threads, calib_count=1, min_psnr=0,
-                      min_code_agreement=0)
+            export_ir(source, path, "bf16", overwrite=True, threads=self.threads, check=False)
         return path
 
     def _aoti(self, precision: str) -> Path:

@@ -194,3 +194,25 @@ def test_export_writes_a_bf16_ir_with_half_the_weights_that_runs_bf16(tiny_onnx,
     assert export_main([str(bf16_xml), "--out", str(tmp_path / "x.xml")]) == 2  # not an ONNX graph
     assert export_main([str(tiny_onnx), "--out", str(tmp_path / "y.xml"), "--precision", "fp32", "--keep-fp32", "Gemm"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_cli_runs_an_ir_and_takes_shapes(tiny_onnx, tmp_path, capsys):
+    import cv2
+
+    from runtime.cli import main as cli_main
+
+    rng = np.random.default_rng(3)
+    for name, hw in (("a.png", (40, 56)), ("b.png", (33, 47))):
+        cv2.imwrite(str(tmp_path / name), (rng.random((*hw, 3)) * 60).astype(np.uint8))
+    ir = tmp_path / "m-bf16.xml"
+    from export.openvino import export_ir
+
+    export_ir(tiny_onnx, ir, "bf16", check=False)
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert cli_main([*images, "-o", str(tmp_path / "out"), "--model", str(ir), "--shapes", "dynamic"]) == 0
+    err = capsys.readouterr().err
+    assert "with openvino on CPU" in err and "(bf16-mixed)" in err  # the IR's own precision, reported
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    # --shapes belongs to openvino: refused (exit 2) for the onnxruntime backend, nothing written.
+    assert cli_main([images[0], "-o", str(tmp_path / "out2"), "--model", str(tiny_onnx), "--shapes", "static"]) == 2
+    assert not (tmp_path / "out2").exists()

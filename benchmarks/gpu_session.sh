@@ -11,8 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 phase="${1:-eager}"
 out="${2:-${OUT:-benchmarks/results/gpu}}"
+# ../shared does not travel to the GPU machine: copy the photos into an ignored folder, carry it, set IMAGES.
+photos="${IMAGES:-../shared/data/lowlight}"
 images=()
-[ -d ../shared/data/lowlight ] && images=(--images ../shared/data/lowlight)
+[ -d "$photos" ] && images=(--images "$photos")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee /dev/stderr >/dev/null
 if [ "$phase" = aoti ]; then
   python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \

@@ -79,17 +79,10 @@ def summarize(result: dict) -> dict:
     rows = result.get("rows", [])
     if not rows:
         return {"error": result.get("error", "no images")}
-    psnrs = fidelity.capped_psnr([r["psnr"] for r in rows])
-    codes = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
-    s = {
-        "images": len(rows), "psnr_mean": statistics.fmean(psnrs), "psnr_worst": min(psnrs),
-        "ssim_mean": statistics.fmean(r["ssim"] for r in rows), "ssim_worst": min(r["ssim"] for r in rows),
-        "max_8bit_error": max(r["max_err_8bit"] for r in rows), "nonfinite": sum(r["nonfinite"] for r in rows),
-        "code_agreement_mean": statistics.fmean(codes) if codes else None, "code_agreement_worst": min(codes) if codes else None,
-        "seconds_mean": statistics.fmean(r["seconds"] for r in rows), "fp32_seconds_mean": statistics.fmean(r["fp32_seconds"] for r in rows),
-    }
+    s = {**fidelity.summarize(rows), "seconds_mean": statistics.fmean(r["seconds"] for r in rows),
+         "fp32_seconds_mean": statistics.fmean(r["fp32_seconds"] for r in rows)}
     s["passes_bar"] = (s["psnr_mean"] >= BAR["psnr_mean"] and s["psnr_worst"] >= BAR["psnr_worst"] and s["nonfinite"] == 0
-                       and (not codes or s["code_agreement_mean"] >= BAR["code_agreement"]))
+                       and (s["code_agreement_mean"] is None or s["code_agreement_mean"] >= BAR["code_agreement"]))
     if "error" in result:
         s["error"] = result["error"]
     return s

@@ -14,7 +14,6 @@ issue 16 (PSNR >= 40 dB mean, code agreement >= 99%).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -119,13 +118,12 @@ def main(argv=None) -> int:
                     run()
                     times[name].append(time.perf_counter() - t0)
         precisions = int8.precisions()
-    psnrs = fidelity.capped_psnr([r["psnr"] for r in rows])
-    codes = [r["code_agreement"] for r in rows]
+    f = fidelity.summarize(rows)
     best = {k: min(v) for k, v in times.items()}
-    print(f"\n| {len(rows)} photos, longest side {args.max_side}, vs ONNX Runtime fp32 | PSNR mean / worst | "
+    print(f"\n| {f['images']} photos, longest side {args.max_side}, vs ONNX Runtime fp32 | PSNR mean / worst | "
           "code agreement mean / worst | NaN |\n|---|---|---|---|")
-    print(f"| OpenVINO int8 | {statistics.fmean(psnrs):.2f} / {min(psnrs):.2f} dB | {100 * statistics.fmean(codes):.2f}% / "
-          f"{100 * min(codes):.2f}% | {sum(r['nonfinite'] for r in rows)} |")
+    print(f"| OpenVINO int8 | {f['psnr_mean']:.2f} / {f['psnr_worst']:.2f} dB | {100 * f['code_agreement_mean']:.2f}% / "
+          f"{100 * f['code_agreement_worst']:.2f}% | {f['nonfinite']} |")
     print(f"\n{args.size}, best of {args.repeats} alternating: ONNX Runtime fp32 {best['ort-fp32']:.2f} s, OpenVINO int8 "
           f"{best['ov-int8']:.2f} s ({best['ov-int8'] / best['ort-fp32']:.3f}x); Convolution/FullyConnected/MatMul "
           f"runtime precisions {precisions}")

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,15 +159,7 @@ def fidelity_table(backends: dict, photos, references=("ov-fp32", "ort-fp32")) -
     table = {}
     for name, ref in pairs:
         rows = [fidelity.compare_outputs(b, a) for a, b in zip(outputs[ref], outputs[name])]
-        psnrs = fidelity.capped_psnr([r["psnr"] for r in rows])
-        codes = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
-        table[f"{name} vs {ref}"] = {
-            "images": len(rows), "psnr_mean": statistics.fmean(psnrs), "psnr_worst": min(psnrs),
-            "max_8bit_error": max(r["max_err_8bit"] for r in rows),
-            "code_agreement_mean": statistics.fmean(codes) if codes else None,
-            "code_agreement_worst": min(codes) if codes else None,
-            "nonfinite": sum(r["nonfinite"] for r in rows),
-        }
+        table[f"{name} vs {ref}"] = fidelity.summarize(rows)
     return table
 
 

@@ -274,6 +274,23 @@ def compare_image(test: np.ndarray, reference: np.ndarray, codes=None, reference
     }
 
 
+def summarize(rows: Sequence[dict]) -> dict:
+    """Mean and worst of ``compare_image`` rows (identical images count as PSNR_CAP_DB), the largest 8-bit error,
+    code agreement mean/worst (None when no row has codes) and the total of NaN/Inf values. The harness keeps its
+    own summary (benchmarks/harness/compare.py: its results.json schema, inf when every image is identical)."""
+    psnrs = capped_psnr([r["psnr"] for r in rows])
+    ssims = [r["ssim"] for r in rows]
+    codes = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
+    return {
+        "images": len(rows), "psnr_mean": float(np.mean(psnrs)), "psnr_worst": min(psnrs),
+        "ssim_mean": float(np.mean(ssims)), "ssim_worst": min(ssims),
+        "max_8bit_error": max(r["max_err_8bit"] for r in rows),
+        "code_agreement_mean": float(np.mean(codes)) if codes else None,
+        "code_agreement_worst": min(codes) if codes else None,
+        "nonfinite": sum(r["nonfinite"] for r in rows),
+    }
+
+
 def compare_outputs(test: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dict:
     """``compare_image`` on graph outputs (enhanced[, codes]) of one image."""
     return compare_image(test[0], reference[0], test[1] if len(test) > 1 else None,

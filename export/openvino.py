@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -58,12 +57,7 @@ def bf16_fidelity(src: Path, ir: Path, images, threads: int | None) -> dict:
             x = fidelity.to_nchw(image)
             a, b = bf16.infer(x, ones, ones), ref.infer(x, ones, ones)
             rows.append(fidelity.compare_image(a.enhanced, b.enhanced, a.codes, b.codes))
-    psnrs = fidelity.capped_psnr([r["psnr"] for r in rows])
-    codes = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
-    return {"images": len(rows), "psnr_mean": statistics.fmean(psnrs), "psnr_worst": min(psnrs),
-            "code_agreement_mean": statistics.fmean(codes) if codes else None,
-            "code_agreement_worst": min(codes) if codes else None,
-            "nonfinite": sum(r["nonfinite"] for r in rows)}
+    return fidelity.summarize(rows)
 
 
 def fidelity_line(f: dict) -> str:

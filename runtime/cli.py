@@ -151,11 +151,13 @@ def parse_args(argv):
     p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's suffix")
     p.add_argument("--device", help="torch, aoti: cpu, cuda, cuda:1; tensorrt: GPU index; openvino: CPU")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="torch: tf32, fp16 (CUDA autocast) or fp16-lean (fp16 weights, no autocast); openvino: bf16; the FP32 islands (nearest-code search, "
-                        "normalisation statistics) stay fp32. An .onnx graph's or an engine's precision is its own")
+                   help="torch: tf32, fp16 (CUDA autocast) or fp16-lean (fp16 weights, no autocast); openvino: bf16; "
+                        "the FP32 islands (nearest-code search, normalisation statistics) stay fp32. An .onnx graph's "
+                        "or an engine's precision is its own")
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="the same as --precision fp16")
-    p.add_argument("--cache-dir", type=Path, help="openvino: keep the IR converted from an .onnx here (and, with --shapes dynamic, the compiled model), so a "
-                        "second start is fast; an .xml model needs none")
+    p.add_argument("--cache-dir", type=Path,
+                   help="openvino: keep the IR converted from an .onnx here (and, with --shapes dynamic, the compiled "
+                        "model), so a second start is fast; an .xml model needs none")
     p.add_argument("--shapes", choices=("static", "dynamic"),
                    help="openvino: compile per input size (static, default: least memory) or once for all sizes")
     p.add_argument("--cuda-graphs", action="store_true",

@@ -35,7 +35,7 @@ from contract.files import update_digest
 from contract.graph import BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
-from .openvino_ir import IR_FORMAT, IR_SOURCES, ISLAND_REASONS, import_openvino, ir_precision, write_ir
+from .openvino_ir import import_openvino, ir_precision, write_ir, writer_fingerprint
 
 PRECISIONS = ("fp32", "bf16")
 SHAPES = ("static", "dynamic")
@@ -151,9 +151,9 @@ class OpenVINOBackend(BackendBase):
                 self.ir = self._convert(core)
                 model = core.read_model(str(self.ir))
             self._check_contract(model)
-            del model  # its weights: each compile reads the IR again (memory-mapped)
             # Compile now (dynamic: the model; static: a small probe shape) so that describe() reports what runs.
-            self._compile(None if self.shapes == "dynamic" else (1, 3, *PROBE_HW))
+            self._compile(None if self.shapes == "dynamic" else (1, 3, *PROBE_HW), model)
+            del model  # later compiles read the IR again (memory-mapped)
         except BaseException as e:
             self._close()  # the temporary folder of a conversion
             if isinstance(e, (BackendError, ValueError)) or not isinstance(e, Exception):
@@ -173,15 +173,16 @@ class OpenVINOBackend(BackendBase):
         self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
         self.input_shape = str(model.input(INPUT_IMAGE).get_partial_shape())
 
-    def _compile(self, shape) -> None:
-        """Compile the IR for ``shape`` (N, 3, H, W), or with its dynamic shape for None."""
+    def _compile(self, shape, model=None) -> None:
+        """Compile the IR for ``shape`` (N, 3, H, W), or with its dynamic shape for None; ``model``: the IR already
+        read (reshaped here), else it is read again."""
         self.request = self.compiled = self.compiled_shape = None  # free the previous model first: peak memory holds one
         try:
             if shape is None:
                 # A path, not a Model: with CACHE_DIR a second start imports the blob without reading the graph.
                 self.compiled = self.core.compile_model(str(self.ir), self.device, self._config())
             else:
-                model = self.core.read_model(str(self.ir))
+                model = self.core.read_model(str(self.ir)) if model is None else model
                 model.reshape({INPUT_IMAGE: list(shape), **{name: [shape[0]] for name in INPUT_NAMES if name != INPUT_IMAGE}})
                 self.compiled = self.core.compile_model(model, self.device, self._config())
                 del model
@@ -205,14 +206,12 @@ class OpenVINOBackend(BackendBase):
 
     def _convert(self, core) -> Path:
         """The IR every compile reads: the graph as is (fp32) or with the FP32 islands marked (bf16); written to
-        cache_dir once per model content, island set and OpenVINO version, else to a temporary folder."""
+        cache_dir once per model content, options and writer (writer_fingerprint), else to a temporary folder."""
         if self.cache_dir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="codeenhance-ov-"))
             return self._write_ir(core, self.workdir / f"{self.model_path.stem}-{self.precision}.xml")
         key = update_digest(hashlib.sha256(), self.model_path)
-        key.update(repr((IR_FORMAT, self.precision, sorted(ISLAND_REASONS), self.keep_fp32, self.ov_version)).encode())
-        for source in IR_SOURCES:  # a change to the island rules or the IR writer writes the IR again
-            update_digest(key, source)
+        key.update(repr((self.precision, self.keep_fp32, writer_fingerprint(self.ov_version))).encode())
         xml = self.cache_dir / f"{self.model_path.stem}-{self.precision}-{key.hexdigest()[:16]}.xml"
         if xml.is_file() and xml.with_suffix(".bin").is_file():
             try:
@@ -241,10 +240,6 @@ class OpenVINOBackend(BackendBase):
         return InferResult(enhanced=enhanced, codes=codes)
 
     # -- reporting
-
-    def runtime_precisions(self) -> list[dict]:
-        """What ran, per node of the compiled model: layer type, runtime precision, original op names."""
-        return [runtime_row(op) for op in self.compiled.get_runtime_model().get_ordered_ops()]
 
     def precision_report(self) -> dict:
         """Counts of compute nodes by runtime precision (overall and per layer type), and the lookup nodes'."""

@@ -16,6 +16,7 @@ on reading back. The IR records its precision in its rt_info (``codeenhance/prec
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.files import update_digest
 from contract.graph import BF16_MIXED, FP32, FP32_ISLANDS
 
 from .backend import BackendError
@@ -30,10 +32,7 @@ from .backend import BackendError
 INSTALL_HINT = 'pip install "codeenhance-deploy[openvino]"'
 # The rt_info key of the "keep original precision" mark, written to IR as DisablePrecisionConversion (2026.3+).
 PRECISE_KEY = "precise_0"
-# Reasons kept in fp32 here: the declared islands. "overflow" is an FP16 range rule (bf16 has fp32's range).
-ISLAND_REASONS = tuple(FP32_ISLANDS)
-# What write_ir produces; part of the cache key with the sources below, so a cached IR is written again when
-# the writer or the island rules change.
+# What write_ir produces, and the code that decides it: writer_fingerprint() hashes both.
 IR_FORMAT = 2  # 2: bf16 weights
 IR_SOURCES = (Path(__file__), Path(__file__).parents[1] / "contract" / "precision_rules.py")
 # Where the IR keeps the precision it was written for.
@@ -44,6 +43,16 @@ DECOMPRESSION_ATTRIBUTE, DECOMPRESSION_KEY = "decompression", "decompression_0"
 # Weights smaller than this stay fp32 (biases, norm scales: nothing to save).
 BF16_WEIGHT_MIN_SIZE = 4096
 WEIGHT_CONSUMERS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def writer_fingerprint(ov_version: str) -> str:
+    """What an IR written now depends on besides its graph and options: the format, the OpenVINO version, the
+    declared islands and the source of the island rules and of this writer. Cached IRs are keyed by it, so a change
+    to any of them writes the IR again."""
+    digest = hashlib.sha256(repr((IR_FORMAT, ov_version, tuple(FP32_ISLANDS))).encode())
+    for source in IR_SOURCES:
+        update_digest(digest, source)
+    return digest.hexdigest()
 
 
 def import_openvino():

@@ -11,11 +11,13 @@ import torch
 
 from codeenhance import CheckpointError, CodeEnhance, load_model
 from codeenhance.islands import keep_fp32_islands, lean_fp16
-from contract.graph import FP16_MIXED, FP32
+from contract.graph import FP16_MIXED
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
 PRECISIONS = ("fp32", "tf32", "fp16", "fp16-lean")
+# How each fp16 precision keeps its FP32 islands (reported in describe().extra["fp16"]).
+FP16_FORMS = {"fp16": "autocast", "fp16-lean": "lean"}
 
 
 class TorchBackend(BackendBase):
@@ -65,7 +67,7 @@ class TorchBackend(BackendBase):
         if isinstance(self.source, CodeEnhance):
             model = self.source
             # Moving or wrapping (fp16 islands) is done on a copy: the caller's model stays as it is.
-            if next(model.parameters()).device != torch.empty(0, device=self.device).device or self.precision.startswith("fp16"):
+            if next(model.parameters()).device != torch.empty(0, device=self.device).device or self.precision in FP16_FORMS:
                 model = copy.deepcopy(model).to(self.device)
             model = model.eval()
         else:
@@ -129,14 +131,12 @@ class TorchBackend(BackendBase):
         if self.device.type == "cuda":
             device = f"{device} ({torch.cuda.get_device_name(self.device)})"
         source = "in-memory model" if isinstance(self.source, CodeEnhance) else str(Path(self.source))
-        return BackendInfo(
-            name=self.name,
-            device=device,
-            precision={"fp16": FP16_MIXED, "fp16-lean": FP16_MIXED, "tf32": "tf32", "fp32": FP32}[self.precision],
-            extra={"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__,
-                   **({"fp16": "lean" if self.precision == "fp16-lean" else "autocast"} if "fp16" in self.precision else {}),
-                   "cuda_graphs": self.cuda_graphs},
-        )
+        extra = {"model": source, "config": self.model.config.to_dict(), "torch": torch.__version__,
+                 "cuda_graphs": self.cuda_graphs}
+        if self.precision in FP16_FORMS:
+            extra["fp16"] = FP16_FORMS[self.precision]
+        return BackendInfo(name=self.name, device=device, extra=extra,
+                           precision=FP16_MIXED if self.precision in FP16_FORMS else self.precision)  # fp32, tf32
 
     def _close(self) -> None:
         self.model = None

@@ -143,11 +143,10 @@ class Artifacts:
     def _openvino_bf16(self) -> Path:
         """The bf16 OpenVINO IR of this run's fp32 graph (export.openvino): what a deployment loads."""
         from export.openvino import export_ir
-        from runtime.openvino_backend import import_openvino
-        from runtime.openvino_ir import IR_FORMAT
+        from runtime.openvino_ir import import_openvino, writer_fingerprint
 
         source = self.get("onnx")
-        tools = hashlib.sha256(f"{import_openvino().get_version()} {IR_FORMAT}".encode()).hexdigest()[:10]
+        tools = writer_fingerprint(import_openvino().get_version())[:10]
         path = self._out(f"{source.stem}-{file_key(source)}-{tools}-bf16.xml")
         if not self._reuse(path, "OpenVINO bf16 IR (export.openvino)"):
             # The harness measures fidelity itself, on the run's photos: no bar here.

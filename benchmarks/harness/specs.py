@@ -25,7 +25,9 @@ class BackendSpec:
     @property
     def precision_label(self) -> str:
         """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
-        return self.precision if self.precision in ("fp32", "tf32") else "fp16-mixed" if self.precision.startswith("fp16") else f"{self.precision}-mixed"
+        if self.precision in ("fp32", "tf32"):
+            return self.precision
+        return "fp16-mixed" if self.precision.startswith("fp16") else f"{self.precision}-mixed"  # fp16-lean too
 
 
 BACKENDS = {

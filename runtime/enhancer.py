@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import InputError
-from contract.graph import check_weight
+from contract.images import SCALES
+from contract.graph import PAD_MULTIPLE, WEIGHT_NAMES, per_image_weights
 
 from .backend import Backend, BackendError
 from .registry import choose_backend
@@ -29,7 +30,6 @@ DEFAULT_MAX_PIXELS = 1920 * 1088
 
 # ITU-R BT.601 luma, the weights of OpenCV's RGB2GRAY, to return gray images for gray inputs.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 
 
 def backend_for(model_path: str | os.PathLike, backend: str | None = None) -> str:
@@ -144,9 +144,11 @@ def array_to_pil(array: np.ndarray):
 
 
 def pad_friendly(limit: int) -> int:
-    """The largest tile size <= ``limit`` of the form 32k-1: the model pads every side to the next multiple of
-    32 and always adds at least one row, so a 1023 tile runs at 1024 while a 1024 tile would run at 1056."""
-    return limit if limit < 63 else (limit + 1) // 32 * 32 - 1
+    """The largest tile size <= ``limit`` of the form k*m-1 (m: the pad multiple, contract.graph.PAD_MULTIPLE): the
+    model pads every side to the next multiple of m and always adds at least one row, so a tile of k*m-1 pixels runs
+    at k*m while one of k*m would run at (k+1)*m."""
+    m = PAD_MULTIPLE
+    return limit if limit < 2 * m - 1 else (limit + 1) // m * m - 1
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -194,19 +196,10 @@ def plan_patches(index: int, h: int, w: int, tile: tuple[int, int] | None, overl
     ]
 
 
-def per_image(value, count: int, name: str) -> np.ndarray:
-    """An IFT weight (one number, or one per image) as float32 [count]; InputError outside contract.WEIGHT_RANGE."""
-    values = check_weight(value, name)
-    if values.ndim == 0:
-        return np.full(count, values, dtype=np.float32)
-    if values.shape != (count,):
-        raise InputError(f"{name} must be a float or one value per image ({count}), got shape {values.shape}")
-    return values
-
-
 class Enhancer:
-    """Enhance images with one model file through torch (.pth/.pt), ONNX Runtime (.onnx) or TensorRT
-    (.plan/.engine/.trt), or the backend named by ``backend`` (a name, or a Backend object to use as is).
+    """Enhance images with one model file through the backend its file calls for (``runtime.registry``: torch,
+    onnxruntime, openvino, aoti, tensorrt, or a triton:// URL), or the backend named by ``backend`` (a name, or a
+    Backend object to use as is).
 
     ``batch``: images (or tiles) of equal size per backend call. ``tile``: None tiles only images beyond the
     backend's largest shape or ``max_pixels`` (``batch`` x H x W per call), with the largest tiles within both;
@@ -275,8 +268,8 @@ class Enhancer:
         """Several images (any sizes); weights are floats or one per image. Same-size images and tiles are run
         together, ``batch`` at a time. ``progress(done, total)``, if given, is called as each patch (a whole image
         or a tile) is done, with the number done so far and the total."""
-        w_texture = per_image(w_texture, len(images), "w_texture")
-        w_style = per_image(w_style, len(images), "w_style")
+        w_texture, w_style = (per_image_weights(value, len(images), name)
+                              for name, value in zip(WEIGHT_NAMES, (w_texture, w_style)))
         converted = [to_model_input(image, self.channel_order) for image in images]
         inputs = [x for x, _ in converted]
         patches = [p for i, x in enumerate(inputs) for p in self.plan(i, *x.shape[1:])]

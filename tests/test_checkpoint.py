@@ -150,13 +150,13 @@ def test_demo_checkpoint_refuses_to_overwrite(tmp_path):
 
 def test_demo_cli_official_preset_matches_official_key_set(tmp_path):
     out = tmp_path / "demo.pth"
-    r = subprocess.run([sys.executable, "-m", "codeenhance.demo", "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "codeenhance.demo", "--out", str(out), "--preset", "official"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "UNTRAINED" in r.stdout
     model = load_model(out)
     assert model.config == codeenhance.OFFICIAL
     assert sum(p.numel() for p in model.parameters()) > 39_000_000  # the DeepLab head of official files (~4M) is not part of the network
-    r = subprocess.run([sys.executable, "-m", "codeenhance.demo", "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "codeenhance.demo", "--out", str(out), "--preset", "official"], capture_output=True, text=True)
     assert r.returncode != 0 and "exists" in r.stderr
 
 

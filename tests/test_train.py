@@ -1,0 +1,123 @@
+"""python -m codeenhance.train on a handful of photos, in seconds: the checkpoint loads, the losses fall, a run is
+reproducible for a seed, Ctrl-C saves and exits 130, --resume continues, bad photos are listed and skipped."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codeenhance import TINY, load_model
+from codeenhance.degrade import STRENGTHS, degrade
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--preset", "tiny", "--crop", "64", "--batch", "2", "--threads", "1", "--holdout", "0"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted((REPO / "samples").glob("*.jpg")):
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return folder
+
+
+def train(photos, out, *extra, timeout=300):
+    cmd = [sys.executable, "-m", "codeenhance.train", "--photos", str(photos), "--out", str(out), *FAST, *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def log_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_training_loads_lowers_losses_and_skips_bad_photos(photos, tmp_path):
+    run = tmp_path / "run"
+    r = train(photos, run, "--iters", "60,40", "--log-every", "10", "--warmup", "0.2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "broken.png" in r.stderr and "skipped" in r.stderr  # listed, and training went on without it
+    lines = log_lines(run)
+    for stage in (1, 2):
+        l1 = [x["l1"] for x in lines if x["stage"] == stage]
+        assert len(l1) >= 4 and min(l1[-2:]) < l1[0], (stage, l1)
+    assert lines[-1]["stage"] == 2 and lines[-1]["step"] == 40
+    model = load_model(run / "net_g_latest.pth")
+    assert model.config == TINY
+    meta = torch.load(run / "net_g_latest.pth", weights_only=True)["meta"]
+    assert meta["trained"] and meta["complete"] and meta["command"].startswith("python -m codeenhance.train")
+    assert load_model(run / "stage1.pth").config == TINY  # the stage-1 prior is a loadable checkpoint too
+    out = model.enhance(torch.rand(1, 3, 40, 56))
+    assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all()
+
+
+def test_same_seed_same_weights(photos, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        r = train(photos, run, "--iters", "4,3", "--warmup", "0.5")
+        assert r.returncode == 0, r.stderr[-2000:]
+    wa = torch.load(a / "net_g_latest.pth", weights_only=True)["params"]
+    wb = torch.load(b / "net_g_latest.pth", weights_only=True)["params"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_ctrl_c_saves_and_resume_continues(photos, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "codeenhance.train", "--photos", str(photos), "--out", str(run), *FAST,
+           "--iters", "1000000,5", "--log-every", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "train_log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (run / "train_log.jsonl").exists(), "training never logged a step"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    state = torch.load(run / "training_state.pth", weights_only=True)["state"]
+    stopped_at = state["step"]
+    assert state["stage"] == 1 and stopped_at >= 2
+    load_model(run / "net_g_latest.pth")  # what Ctrl-C saved is a usable checkpoint
+
+    r = train(photos, run, "--iters", "1000000,5")  # no --resume: refuses to start over a run
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = train(photos, run, "--iters", f"{stopped_at + 3},4", "--resume", "--log-every", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [(x["stage"], x["step"]) for x in log_lines(run)]
+    assert (1, stopped_at + 1) in steps and (1, stopped_at + 3) in steps and (2, 4) in steps
+    assert steps.count((1, 2)) == 1  # continued, not restarted
+
+
+@pytest.mark.parametrize("bad", [["--crop", "100"], ["--iters", "5"], ["--minutes", "nan"], ["--lr", "0"]])
+def test_bad_flags_exit_2(photos, tmp_path, bad):
+    r = train(photos, tmp_path / "run", *(bad if "--iters" in bad or "--minutes" in bad else [*bad, "--iters", "1,1"]))
+    assert r.returncode == 2 and "error" in r.stderr.lower()
+    assert not (tmp_path / "run").exists()
+
+
+def test_photos_folder_without_images_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = train(tmp_path / "empty", tmp_path / "run", "--iters", "1,1")
+    assert r.returncode == 2 and "no images" in r.stderr
+
+
+def test_degradation_is_seeded_darker_and_in_range():
+    rng = np.random.default_rng(0)
+    photo = rng.uniform(0.2, 0.9, (32, 48, 3)).astype(np.float32)
+    a = degrade(photo, np.random.default_rng(5))
+    b = degrade(photo, np.random.default_rng(5))
+    assert np.array_equal(a, b) and a.dtype == np.float32 and a.shape == photo.shape
+    assert 0 <= a.min() and a.max() <= 1
+    mild = degrade(photo, np.random.default_rng(1), exposure=STRENGTHS["mild"]).mean()
+    severe = degrade(photo, np.random.default_rng(1), exposure=STRENGTHS["severe"]).mean()
+    assert severe < mild < photo.mean()

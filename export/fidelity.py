@@ -28,6 +28,58 @@ PSNR_CAP_DB = 100.0
 # ----------------------------------------------------------------------------------------------- images
 
 
+def synthetic_lowlight(count: int, size: tuple[int, int] = (192, 256), seed: int = 0) -> list[np.ndarray]:
+    """Deterministic stand-ins for low-light photos: smooth shading, edges, texture, a bright lamp, sensor noise.
+
+    Dark (mean ~0.1) with a few saturated pixels, so calibration sees both ends of the range.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    images = []
+    for _ in range(count):
+        scene = np.zeros((h, w, 3), np.float32)
+        for _ in range(4):  # low-frequency coloured shading
+            fy, fx, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+            wave = 0.5 + 0.5 * np.sin(2 * np.pi * (fy * yy / h + fx * xx / w) + phase)
+            scene += wave[..., None] * rng.uniform(0.05, 0.3, 3).astype(np.float32)
+        for _ in range(6):  # flat objects with hard edges, at least m pixels wide
+            m = max(1, min(8, h // 2, w // 2))
+            y0, x0 = rng.integers(0, max(1, h - m)), rng.integers(0, max(1, w - m))
+            y1, x1 = rng.integers(y0 + m, h + 1), rng.integers(x0 + m, w + 1)
+            scene[y0:y1, x0:x1] = rng.uniform(0.0, 0.8, 3)
+        scene += rng.normal(0, 0.05, (h, w, 3)).astype(np.float32)  # texture
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        lamp = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.04 * max(h, w)) ** 2))
+        dark = 0.15 * np.clip(scene, 0, 1) ** 1.8 + lamp[..., None] * 1.2
+        dark += rng.normal(0, 0.01, dark.shape).astype(np.float32)  # sensor noise
+        images.append(np.clip(dark, 0, 1).astype(np.float32))
+    return images
+
+
+def calibration_images(folder: str | Path | None, count: int, max_side: int) -> tuple[list[np.ndarray], str, list[str]]:
+    """(images, description, skipped): up to ``count`` spread over the folder's sorted list, or synthetic ones
+    (4:3). An unreadable file is skipped (``skipped`` says which and why) and the next one taken; ValueError when
+    none can be read."""
+    if folder is None:
+        side = min(max_side, 256)
+        return synthetic_lowlight(count, (side * 3 // 4, side)), f"{count} synthetic low-light images", []
+    paths = list_images(folder)
+    spread = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+    order = list(dict.fromkeys([paths[i] for i in spread] + paths))  # the spread first, the rest as spares
+    images, skipped = [], []
+    for path in order:
+        if len(images) == min(count, len(paths)):
+            break
+        try:
+            images.append(load_rgb(path, max_side))
+        except ImageError as e:
+            skipped.append(str(e))
+    if not images:
+        raise ValueError(f"none of the images under {folder} can be read: {'; '.join(skipped[:3])}")
+    return images, f"{len(images)} images from {folder}", skipped
+
+
 def to_nchw(image: np.ndarray) -> np.ndarray:
     """[H,W,3] -> contiguous float32 [1,3,H,W]."""
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)

@@ -3,7 +3,7 @@
     python benchmarks/aoti_cpu.py --ckpt CKPT --pt2 model.pt2 --onnx model.onnx [--size 256x256] [--repeats 5]
         [--threads 2]
 
-Latency: the three backends loaded in one process, one warm-up call each, then --repeats rounds that run each
+Latency: these three (package, ONNX Runtime, eager) loaded in one process, one warm-up call each, then --repeats rounds that run each
 backend once in turn (alternating, so background load hits them alike); the median per backend is printed.
 Peak memory: a fresh subprocess per backend that imports only what the backend needs, loads, runs one warm-up and
 one call, and reports its peak RSS (ru_maxrss). The package must have a bucket for --size.

@@ -1,5 +1,5 @@
-"""Eager PyTorch CPU latency of the re-implemented CodeEnhance (fp32), to compare with the original's 4.7 s
-for a 256x256 input on a 2-core machine (../shared/SPEC.md).
+"""Eager PyTorch CPU latency of the re-implemented CodeEnhance (fp32), to compare with the original's figures
+(../shared/SPEC.md; README, "Eager CPU speed", has both).
 
     python benchmarks/eager_cpu.py [--ckpt PATH] [--sizes 256x256,400x600] [--repeats 5] [--threads N]
 

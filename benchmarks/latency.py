@@ -6,8 +6,8 @@
 The default writes an UNTRAINED demo checkpoint (official size, seed 0), exports it to ONNX (fp32 with the
 gather lookup and the ``codes`` output; the one-hot baseline; the mixed-precision FP16 graph from
 export.precision), and benchmarks 3 synthetic low-light images at 64x64 and 128x128 (padded to 96 and 160: the
-official model takes seconds per call on a small CPU), batch 1, 1 warmup call and 3 timed calls. Measured on
-a 2-core CPU shared with four other jobs: 11.5 minutes wall, 7 of them making the three graphs.
+official model takes seconds per call on a small CPU), batch 1, 1 warmup call and 3 timed calls: a run of minutes
+on a small CPU, most of it making the three graphs (benchmarks/results has the figures of the last runs).
 
 Each backend and size is measured in a fresh process (peak RSS = that process's VmHWM, since ru_maxrss is
 inherited across exec; GPU memory from torch's allocator or NVML), timing the first call (load + first
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import machine, specs  # light: no torch, so the worker starts lean
+from contract.graph import INPUT_W_STYLE, INPUT_W_TEXTURE
 from benchmarks.harness.artifacts import ArtifactError, Artifacts  # imports its tools lazily
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def measure_all(args, entries: dict, ready: dict, input_paths: dict, work: Path)
             bar.set_postfix_str(f"{name} {label}")
             job = {"backend": name, "runtime": spec.runtime, "precision": spec.precision, "artifact": str(artifact),
                    "device": args.device, "threads": args.threads, "inputs": str(input_paths[hw]), "size": label,
-                   "batch": args.batch, "warmup": args.warmup, "iters": args.iters, "w_texture": 1.0, "w_style": 1.0,
+                   "batch": args.batch, "warmup": args.warmup, "iters": args.iters, INPUT_W_TEXTURE: 1.0, INPUT_W_STYLE: 1.0,
                    "options": dict(spec.options)}
             raw[name][label] = run_worker(job, work, args.timeout)
             entries[name]["sizes"][label] = size_record(hw, (padded_size(hw[0]), padded_size(hw[1])), args.batch,

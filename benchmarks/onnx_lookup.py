@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import specs
+from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, padded_size
 from contract.sizes import size_argument
 from runtime import onnxruntime_backend
 from benchmarks.harness.worker import peak_rss_mb
@@ -48,13 +49,13 @@ def make_session(path: str | Path, threads: int, arena: bool = True):
 def feeds(size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = (rng.random((1, 3, *size), dtype=np.float32) * 0.4).astype(np.float32)  # a dark image
-    return {"image": image, "w_texture": np.ones(1, np.float32), "w_style": np.ones(1, np.float32)}
+    return {INPUT_IMAGE: image, INPUT_W_TEXTURE: np.ones(1, np.float32), INPUT_W_STYLE: np.ones(1, np.float32)}
 
 
-def code_grid(size: tuple[int, int], pad_multiple: int = 32, scale: int = 4) -> tuple[int, int]:
-    """Positions the lookup sees for an image of ``size``: ``codeenhance.padded_size`` over 4, written out here
-    because the memory child must not import torch (codeenhance does) into the RSS it measures."""
-    return tuple((n // pad_multiple + 1) * pad_multiple // scale for n in size)
+def code_grid(size: tuple[int, int], scale: int = 4) -> tuple[int, int]:
+    """Positions the lookup sees for an image of ``size``: its padded size over 4 (``contract.graph.padded_size``,
+    torch-free: the memory child must not carry torch in the RSS it measures)."""
+    return tuple(padded_size(n) // scale for n in size)
 
 
 def session_feeds(session, size: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -161,7 +162,7 @@ def export_lookup_stages(ckpt: Path, workdir: Path) -> dict[str, Path]:
         with warnings.catch_warnings(), quiet_registry():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(LookupStage(module).eval(), (example,), dynamo=True, opset_version=18,
-                                        input_names=[LOOKUP_INPUT], output_names=["quantized", "codes"],
+                                        input_names=[LOOKUP_INPUT], output_names=["quantized", OUTPUT_CODES],
                                         dynamic_shapes=dynamic, verbose=False)
         paths[label] = workdir / f"lookup_stage_{GRAPHS[label]}.onnx"
         onnx.save(slim(program.model_proto), str(paths[label]))

@@ -1,4 +1,4 @@
-"""OpenVINO fp32 / bf16 against ONNX Runtime fp32 on the CPU: speed, peak memory and bf16 fidelity (issue 16).
+"""OpenVINO fp32 / bf16 against ONNX Runtime fp32 on the CPU: speed, peak memory and bf16 fidelity.
 
     python benchmarks/openvino_speed.py --onnx out/model_codes.onnx [--sizes 256x256,720x1280] [--repeats 3]
         [--threads 2] [--images ../shared/data/lowlight] [--max-side 256] [--widen NAME=TOKEN,...] [--json out.json]
@@ -14,7 +14,7 @@ Runtime fp32 on every photo (downscaled to --max-side), with export.fidelity's m
 
 ``--widen`` adds bf16 variants with more nodes kept fp32, for the time/fidelity trade-off: TOKEN is an op type or ONNX
 node name (pattern) as in ``export.precision --keep-fp32``, or ``codes-path`` = every node the codes depend on
-(the encoder, semantic backbone, Swin context module). Targets (issue 16): bf16 time <= 0.5x ONNX Runtime fp32 at
+(the encoder, semantic backbone, Swin context module). Targets: bf16 time <= 0.5x ONNX Runtime fp32 at
 256x256 and 720p, peak memory not above ONNX Runtime's, PSNR >= 40 dB mean and code agreement >= 99 %, no NaN.
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def peak_rss(kind: str, onnx_path: Path, hw, threads: int, keep=(), ir: Path | N
 
 def vm_hwm_mib() -> float:
     """This process's peak RSS. Not ru_maxrss: Linux carries the pre-exec high-water mark over exec, so a child
-    forked from a big parent reports the parent's size (measured: three backends, one identical figure)."""
+    forked from a big parent reports the parent's size (every backend would show the parent's one figure)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024

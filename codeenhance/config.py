@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from contract.graph import PAD_MULTIPLE
+
 
 @dataclass(frozen=True)
 class CodeEnhanceConfig:
@@ -23,8 +25,8 @@ class CodeEnhanceConfig:
     code_dim: int = 512
     norm_groups: int = 32
 
-    # The original pads every image to the next multiple of 32 (encoder /4, then 8x8 windows).
-    pad_multiple: int = 32
+    # The original pads every image to the next multiple of this (contract.graph.PAD_MULTIPLE, and why).
+    pad_multiple: int = PAD_MULTIPLE
 
     def __post_init__(self) -> None:
         for c in self.channels:
@@ -37,13 +39,6 @@ class CodeEnhanceConfig:
         d = dataclasses.asdict(self)
         d["channels"] = list(self.channels)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CodeEnhanceConfig":
-        d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
-        return cls(**d)
 
 
 #: The configuration of the released CodeEnhance model (options/test_Unpaired_codeenhance.yaml).

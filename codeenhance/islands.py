@@ -3,9 +3,9 @@ The ONNX side (the FP16 graph, OpenVINO bf16) finds the same islands in the grap
 
 Two forms: ``keep_fp32_islands`` for autocast (fp32 weights, autocast picks each op's dtype) and ``lean_fp16``
 (fp16 weights, no autocast, the islands cast explicitly): autocast runs GroupNorm/LayerNorm/Softmax in fp32, so every
-norm reads an fp32 copy of its fp16 input and the next convolution casts back; at 1080p on an H100 that was ~42% of
-eager fp16 time in GroupNorm and ~23% in casts (issue 14). In ``lean_fp16`` those ops take fp16 in and out; the
-CUDA kernels accumulate their statistics in fp32 (``acc_type``), and so do the CPU ones (``opmath``)."""
+norm reads an fp32 copy of its fp16 input and the next convolution casts back, a large share of eager fp16 time at
+large sizes (README, "AOTInductor packages"). In ``lean_fp16`` those ops take fp16 in and out; the CUDA kernels
+accumulate their statistics in fp32 (``acc_type``), and so do the CPU ones (``opmath``)."""
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE
+
 from .blocks import DecoderStage, Encoder, IFTFusion
 from .config import OFFICIAL, CodeEnhanceConfig
 from .mobilenetv2 import OUT_CHANNELS as SEMANTIC_CHANNELS
@@ -101,11 +103,11 @@ class CodeEnhance(nn.Module):
 
         Same padding and cropping as the original ``test()``. The output is not clamped.
         """
-        check_image(image, "image")
+        check_image(image, INPUT_IMAGE)
         b = image.shape[0]
         device, dtype = image.device, image.dtype
-        wt = per_image_weight(w_texture, b, "w_texture").to(device, dtype)
-        ws = per_image_weight(w_style, b, "w_style").to(device, dtype)
+        wt = per_image_weight(w_texture, b, INPUT_W_TEXTURE).to(device, dtype)
+        ws = per_image_weight(w_style, b, INPUT_W_STYLE).to(device, dtype)
         if reference is not None:
             check_image(reference, "reference")
             if reference.shape != image.shape:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from contract.graph import padded_size  # noqa: F401  (part of this module's API: the size flip_pad_to_multiple gives)
+from contract.graph import PAD_MULTIPLE, padded_size  # noqa: F401  (padded_size: the size flip_pad_to_multiple gives)
 
 
 def symmetric_indices(n: int, length: int, device=None) -> torch.Tensor:
@@ -12,7 +12,7 @@ def symmetric_indices(n: int, length: int, device=None) -> torch.Tensor:
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
-def flip_pad_to_multiple(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+def flip_pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     """Pad [B, C, H, W] on the bottom/right to ``padded_size`` with mirrored copies (edge pixel repeated).
 
     For H >= 16 this equals the original cat([x, flip(x)])[:Hp]; for smaller images, where the original

@@ -1,7 +1,8 @@
 """The torch-free bottom of the toolkit, used by ``codeenhance``, ``export``, ``runtime`` and ``benchmarks`` alike.
 
-- ``contract.graph``: the exported graph's contract (input/output names, metadata keys, precisions, the accepted
-  IFT weight range).
+- ``contract.graph``: the model contract (input/output names, dtypes, layouts and dynamic axes, the pad multiple and
+  minimum size, metadata keys, the precision vocabulary, the IFT weight rule, and ``check_io``, the one check of an
+  artifact's I/O that every backend and exporter calls).
 - ``contract.errors``: the one error base class and the exit-code convention of every command.
 - ``contract.formats``: what a model file really is, from its first bytes.
 - ``contract.images``: the one image reader and image suffix list.

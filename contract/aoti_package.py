@@ -25,12 +25,13 @@ from pathlib import Path
 
 from .errors import ToolkitError
 from .files import json_object
-from .graph import padded_size
+from .graph import PAD_MULTIPLE, padded_size
 
 PACKAGE_KIND = "codeenhance-aoti"
 PACKAGE_SCHEMA = 1
 META_NAME = "codeenhance.json"  # written by torch's package_pt2(extra_files=...) under <archive>/extra/
 DYNAMIC_MODEL = "dynamic"
+META_PAD_MULTIPLE = "pad_multiple"  # the model's pad multiple, recorded by export.aoti
 # The dynamic program keeps torch.export's deferred runtime asserts (export.graph.capture): torch 2.13 guards a
 # layout choice on the token grid, and the compiled program raises "Expected Ne((s6//32), 0)" for a 1x1 input.
 # Measured: 33x150 and 40x64 run, 1x1 does not; both sides >= 32 is the conservative rule.
@@ -49,10 +50,15 @@ def bucket_name(padded_hw: tuple[int, int]) -> str:
     return f"b{padded_hw[0]}x{padded_hw[1]}"
 
 
+def pad_multiple(meta: dict) -> int:
+    """The pad multiple a package records (contract.graph.PAD_MULTIPLE for one that records none)."""
+    return int(meta.get(META_PAD_MULTIPLE, PAD_MULTIPLE))
+
+
 def bucket_for(meta: dict, h: int, w: int) -> str | None:
     """The model in the package that runs an H x W input: the bucket whose padded size equals the input's padded
     size, else the dynamic program if there is one and both sides are >= DYNAMIC_MIN_SIDE, else None."""
-    multiple = int(meta.get("pad_multiple", 32))
+    multiple = pad_multiple(meta)
     want = [padded_size(h, multiple), padded_size(w, multiple)]
     models = meta.get("models", {})
     for name, spec in models.items():
@@ -65,7 +71,7 @@ def bucket_for(meta: dict, h: int, w: int) -> str | None:
 
 def describe_buckets(meta: dict) -> str:
     """'288x288 (inputs 256..287 x 256..287), dynamic (any size)' for messages."""
-    multiple = int(meta.get("pad_multiple", 32))
+    multiple = pad_multiple(meta)
     parts = []
     for name, spec in meta.get("models", {}).items():
         if spec.get("padded") is None:

@@ -5,11 +5,11 @@ traces (same export-time lookup and rewrites, clamp, int32 codes), loaded later 
 ``torch._inductor.aoti_load_package`` and no model code.
 
 Shapes. By default every requested size becomes a *static bucket*: the padded size (Hp, Wp) the model would pad it
-to, ``(H//32+1)*32``, with a dynamic batch (1..--max-batch). A bucket's program takes the image at the top-left of an
-Hp x Wp canvas plus its true size ``size`` = int64 [H, W]; inside the program the original's flip padding is a
-gather with indices computed from ``size`` (the values beyond H, W in the canvas are never read), so the padded
-image is exactly the eager model's. The network then runs on static shapes and returns [N,3,Hp,Wp]; the caller
-crops [:H, :W] (a view). A bucket serves every input with Hp-32 <= H < Hp and Wp-32 <= W < Wp. ``--dynamic`` adds
+to (``contract.graph.padded_size``: the next multiple of the pad multiple m strictly above H), with a dynamic batch
+(1..--max-batch). A bucket's program takes the image at the top-left of an Hp x Wp canvas plus its true size
+``size`` = int64 [H, W]; inside the program the original's flip padding is a gather with indices computed from
+``size`` (the values beyond H, W in the canvas are never read), so the padded image is exactly the eager model's.
+The network then runs on static shapes and returns [N,3,Hp,Wp]; the caller crops [:H, :W] (a view). A bucket serves every input with Hp-m <= H < Hp and Wp-m <= W < Wp. ``--dynamic`` adds
 one program with dynamic N, H, W instead: literally ``export.graph.capture``, padding and crop inside; it compiles
 much more slowly (see the module's compile-time notes in the report) and its kernels are generic in H, W.
 
@@ -40,18 +40,17 @@ import codeenhance
 import codeenhance.network
 from codeenhance import CheckpointError, CodeEnhance
 from codeenhance.padding import padded_size, symmetric_indices
-from contract.aoti_package import DYNAMIC_MODEL, META_NAME, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
+from contract.aoti_package import DYNAMIC_MODEL, META_NAME, META_PAD_MULTIPLE, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
 from contract import sizes as contract_sizes
 from contract.errors import InputError
-from contract.graph import FP16_MIXED, FP32, INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE
+from contract.graph import FP16, FP32, INPUT_NAMES, PAD_MULTIPLE, reported_precision
 
 from .graph import EnhanceGraph, capture
 from .onnx import ExportError, exporter_fingerprint, load_source, reserve_output
 
 DEVICES = ("cpu", "cuda")
-PRECISIONS = {"fp32": FP32, "fp16": FP16_MIXED}
-INPUT_SIZE = "size"  # the bucket programs' fourth input: int64 [2] = (H, W) of the image in the canvas
+PRECISIONS = {p: reported_precision(p) for p in (FP32, FP16)}  # --precision -> what the package reports
 DEFAULT_SIZES = "256x256"
 DEFAULT_MAX_BATCH = 8
 PADDING_RULE = (
@@ -82,7 +81,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
         raise ExportError(f"--sizes: {e}") from None
 
 
-def buckets_for(sizes, multiple: int = 32) -> list[tuple[int, int]]:
+def buckets_for(sizes, multiple: int = PAD_MULTIPLE) -> list[tuple[int, int]]:
     """The distinct padded sizes of ``sizes``, in order."""
     out = []
     for h, w in sizes:
@@ -99,7 +98,7 @@ def padding_done_by_caller():
     the compiled program does not run Python, so nothing outside the trace is affected."""
     original = codeenhance.network.flip_pad_to_multiple
 
-    def already_padded(x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    def already_padded(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise AssertionError(f"bucket program: {tuple(x.shape)} is not padded to a multiple of {multiple}")
         return x
@@ -178,8 +177,7 @@ def capture_dynamic(graph: nn.Module, *, device: str, precision: str) -> torch.e
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             shapes = dynamic_shapes()
-            return torch.export.export(module, args, dynamic_shapes=tuple(shapes[k] for k in
-                                       (INPUT_IMAGE, INPUT_W_TEXTURE, INPUT_W_STYLE)), strict=False,
+            return torch.export.export(module, args, dynamic_shapes=tuple(shapes[k] for k in INPUT_NAMES), strict=False,
                                        prefer_deferred_runtime_asserts_over_guards=True)
     return capture(graph)
 
@@ -277,7 +275,7 @@ def export_aoti(
             "precision": PRECISIONS[precision],
             "device": device, **device_facts(device),
             "torch_version": torch.__version__,
-            "models": models, "max_batch": max_batch, "pad_multiple": multiple,
+            "models": models, "max_batch": max_batch, META_PAD_MULTIPLE: multiple,
             "inputs": {"static": "image float32 [N,3,Hp,Wp], w_texture float32 [N], w_style float32 [N], size int64 [2]",
                        "dynamic": "image float32 [N,3,H,W], w_texture float32 [N], w_style float32 [N]"},
             "outputs": "enhanced float32 clamped to [0,1] ([N,3,Hp,Wp] static, [N,3,H,W] dynamic); codes int32 [N,1,Hp/4,Wp/4]",

@@ -10,10 +10,10 @@ def unname_derived_dims(model: onnx.ModelProto) -> onnx.ModelProto:
 
     ONNX Runtime's allocation planner lets a tensor take over a freed buffer only when the two shapes match dim by
     dim, symbolic names included, and a buffer taken over stays allocated until the last tensor using it is gone.
-    torch's exporter names every derived dim (e.g. "(8*((width//32)) + 8)*(8*((height//32)) + 8)"), so each of
-    the 24 Swin blocks' freed buffers were taken over by the next block's same-shaped tensors and all of them
-    stayed allocated through the whole Swin stage: at 1024x1024, 4.3 GB peak RSS with the names, 3.05 GB without,
-    same speed (benchmarks/onnx_lookup.py, README). Without names, a freed buffer goes back to the allocator.
+    torch's exporter names every derived dim (an expression in width and height), so each of the Swin blocks'
+    freed buffers were taken over by the next block's same-shaped tensors and all of them stayed allocated through
+    the whole Swin stage: clearly more peak memory on large images, same speed (benchmarks/onnx_lookup.py; README,
+    "ONNX graph", has the figures). Without names, a freed buffer goes back to the allocator.
     """
     for value in model.graph.value_info:
         for dim in value.type.tensor_type.shape.dim:

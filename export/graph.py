@@ -18,7 +18,7 @@ from onnxscript import opset18 as op
 from torch import nn
 
 from codeenhance import CodeEnhance
-from contract.graph import INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import BATCH, INPUTS, INPUT_NAMES, MIN_SIDE, OUTPUT_CODES, OUTPUT_ENHANCED
 from codeenhance.quantizer import VectorQuantizer
 
 from .dims import unname_derived_dims
@@ -122,10 +122,14 @@ def remainder_by_symbolic(self, other):
 
 
 def dynamic_shapes() -> dict:
-    batch = torch.export.Dim("batch", min=1)
-    height = torch.export.Dim("height", min=1)
-    width = torch.export.Dim("width", min=1)
-    return {INPUT_IMAGE: {0: batch, 2: height, 3: width}, INPUT_W_TEXTURE: {0: batch}, INPUT_W_STYLE: {0: batch}}
+    """torch.export dims for the contract's dynamic axes (``contract.graph.INPUTS``), by input name; an axis name
+    shared by several inputs (batch) is one dim, and the names become the graph's dim names."""
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(label: str):
+        return dims.setdefault(label, torch.export.Dim(label, min=1 if label == BATCH else MIN_SIDE))
+
+    return {t.name: {axis: dim(label) for axis, label in t.dynamic_axes.items()} for t in INPUTS}
 
 
 def example_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

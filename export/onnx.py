@@ -2,7 +2,8 @@
 
 Graph contract: inputs image float32 [N,3,H,W] (RGB in [0,1], any H, W >= 1), w_texture and w_style
 float32 [N]; output enhanced float32 [N,3,H,W] clamped to [0,1], plus codes int32 [N,1,Hp/4,Wp/4] with
---with-codes. The original's flip padding to (H//32+1)*32 and the final crop are inside the graph.
+--with-codes. The original's flip padding to the next multiple of the pad multiple (contract.graph) and the final
+crop are inside the graph.
 
 The graph is traced with the torch.export-based exporter, cleaned with onnxslim, checked for TensorRT's ONNX
 parser (export/check.py) and verified in ONNX Runtime against PyTorch before it is moved into place.
@@ -25,17 +26,20 @@ import codeenhance
 from codeenhance import CheckpointError, CodeEnhance
 from contract.errors import EXIT_OK, EXIT_PARTIAL, ToolkitError
 from contract.files import AtomicOutput, file_sha256
+from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, PAD_MULTIPLE
 
 from . import check as trt_check
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
 from .verify import DEFAULT_ATOL, format_report, verify_onnx
 
+_M = PAD_MULTIPLE
 PADDING_RULE = (
-    "inside the graph: pad bottom/right to Hp=(H//32+1)*32, Wp=(W//32+1)*32 with the mirrored image "
-    "(rows of cat[x, flip(x)] then columns, as the original test(); always 1..32 added; the mirroring repeats "
+    f"inside the graph: pad bottom/right to Hp=(H//{_M}+1)*{_M}, Wp=(W//{_M}+1)*{_M} with the mirrored image "
+    f"(rows of cat[x, flip(x)] then columns, as the original test(); always 1..{_M} added; the mirroring repeats "
     "for H or W < 16), run, crop to [:H, :W]"
 )
-INPUT_RANGE = "image: float32 RGB in [0,1], [N,3,H,W], H,W >= 1; w_texture, w_style: float32 [N] (1.0 = default)"
+INPUT_RANGE = (f"{INPUT_IMAGE}: float32 RGB in [0,1], [N,3,H,W], H,W >= 1; {INPUT_W_TEXTURE}, {INPUT_W_STYLE}: "
+               "float32 [N] (1.0 = default)")
 IN_MEMORY = "none: exported from an in-memory model"
 
 Validator = Callable[[onnx.ModelProto, CodeEnhance], None]  # the in-memory graph, before it is written
@@ -204,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="CodeEnhance generator checkpoint (BasicSR net_g .pth)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    p.add_argument("--with-codes", action="store_true", help="add the int32 'codes' output [N,1,Hp/4,Wp/4]")
+    p.add_argument("--with-codes", action="store_true", help=f"add the int32 {OUTPUT_CODES!r} output [N,1,Hp/4,Wp/4]")
     p.add_argument("--lookup", choices=LOOKUPS, default="gather",
                    help="nearest-code lookup: gather (default) or onehot (the original's scatter/one-hot, a benchmark baseline)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

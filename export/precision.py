@@ -30,7 +30,7 @@ from onnx import TensorProto
 
 from contract.errors import EXIT_OK, InputError
 from contract.files import AtomicOutput
-from contract.graph import FP16, FP16_MIXED, FP32, INPUT_NAMES, META_PRECISION, OUTPUT_ENHANCED
+from contract.graph import FP16, FP32, META_PRECISION, check_io, reported_precision
 
 from .check import load_onnx_file
 
@@ -222,7 +222,7 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     if io_signature(converted) != io_signature(model):
         raise PrecisionError(f"the converter changed the graph I/O: {io_signature(converted)} vs {io_signature(model)}")
     onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
-                                            META_PRECISION: FP16 if plain else FP16_MIXED})
+                                            META_PRECISION: FP16 if plain else reported_precision(FP16)})
     with AtomicOutput(out) as tmp:  # renamed over ``out`` only when the converted graph passes the check
         onnx.save(converted, str(tmp))
         check = run_check(tmp, images[0], reference, threads, plain)
@@ -252,11 +252,8 @@ def load_codeenhance_graph(src: Path) -> onnx.ModelProto:
         model = load_onnx_file(src)
     except InputError as e:
         raise PrecisionError(str(e)) from e
-    inputs, outputs = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
-    if set(INPUT_NAMES) - set(inputs) or OUTPUT_ENHANCED not in outputs:
-        raise PrecisionError(f"{src} is not a CodeEnhance graph: it has inputs {inputs} and outputs {outputs}, expected "
-                             f"inputs {list(INPUT_NAMES)} and an output {OUTPUT_ENHANCED!r}; export one with "
-                             "python -m export.onnx")
+    check_io([i.name for i in model.graph.input], [o.name for o in model.graph.output], where=str(src),
+             verdict="is not a CodeEnhance graph", error=PrecisionError, fix="export one with python -m export.onnx")
     precision = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION, FP32)
     if precision != FP32:
         raise PrecisionError(f"{src} is already {precision}; convert the FP32 graph from python -m export.onnx")

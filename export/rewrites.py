@@ -1,9 +1,9 @@
 """Export-time replacements for layers whose exported form costs memory in ONNX Runtime.
 
 Each one computes what the layer it replaces computes (up to float rounding) and is swapped into the copy of the
-model that is traced (``export.graph.EnhanceGraph``), never into the eager model. On a 1024x1024 image (ONNX
-Runtime CPU, golden checkpoint) they take the whole graph's peak RSS from 3,053 to 1,679 MiB with ORT's default
-arena (1,598 to 1,413 MiB of live tensors with the arena off), no slower; see README, "ONNX graph".
+model that is traced (``export.graph.EnhanceGraph``), never into the eager model. Together they cut the whole
+graph's peak memory in ONNX Runtime on large images by a large share, no slower (README, "ONNX graph", has the
+figures).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class SubpixelUpsampleConv(nn.Module):
     j-1..j+1, with some of the 3x3 taps landing on the same pixel; summing those taps gives one 3x3 kernel per
     phase (a, b), so the whole thing is a conv3x3 on the low-resolution map with 4x the output channels, then
     DepthToSpace. Same multiply-adds, same result up to float rounding of the summed taps, but the 4x-sized
-    upsampled input (544 MiB for a 1024x1024 image in the last decoder stage) never exists.
+    upsampled input (the largest tensor of the last decoder stage) never exists.
     """
 
     def __init__(self, conv: nn.Conv2d):

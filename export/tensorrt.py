@@ -40,13 +40,12 @@ from contract.engine_sidecar import (
     write_sidecar,
 )
 from contract.files import write_bytes_atomically
+from contract.graph import check_io
 
 if TYPE_CHECKING:  # annotations only (also what tests/trt_api.py reads to check these calls)
     import tensorrt as trt
 
 from .trt_plan import (
-    INPUT_NAMES,
-    OUTPUT_ENHANCED,
     UNKNOWN,
     BuildFlags,
     BuildPlan,
@@ -235,14 +234,10 @@ class EngineBuilder:
 
     def _check_network(self, network: trt.INetworkDefinition) -> None:
         self.parsed = True
-        inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-        outputs = {network.get_output(i).name for i in range(network.num_outputs)}
-        missing = [n for n in (*INPUT_NAMES, OUTPUT_ENHANCED) if n not in inputs | outputs]
-        if missing:
-            raise EngineBuildError(
-                f"the parsed network lacks {', '.join(missing)} (inputs: {sorted(inputs)}, outputs: {sorted(outputs)}); "
-                "the runtime binds tensors by these names"
-            )
+        inputs = sorted({network.get_input(i).name for i in range(network.num_inputs)})
+        outputs = sorted({network.get_output(i).name for i in range(network.num_outputs)})
+        check_io(inputs, outputs, where="the parsed network", verdict="lacks {missing}", error=EngineBuildError,
+                 fix="the runtime binds tensors by these names")
 
     def _configure(self, builder, network, config: trt.IBuilderConfig) -> None:
         """After CreateConfig: check the profile (Polygraphy ignores add_optimization_profile's result), then read

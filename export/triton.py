@@ -1,7 +1,7 @@
 """python -m export.triton --model model.onnx --out REPO: a Triton Inference Server model repository.
 
-Models written (each keeps the graph contract: ``image`` FP32 [N,3,H,W] RGB in [0,1], ``w_texture`` and
-``w_style`` FP32 [N], one per image -> ``enhanced`` FP32 [N,3,H,W] in [0,1]):
+Models written (each keeps the graph contract of ``contract.graph``: the FP32 image batch and one pair of FP32 weights
+per image in, the FP32 enhanced batch out):
 
 - ``codeenhance``: Python backend running the model through this toolkit's runtime backends (ONNX Runtime by
   default, or any backend of ``runtime.registry`` with --python-model/--python-backend). It runs on any Triton,
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.errors import EXIT_OK, EXIT_USAGE, ToolkitError
-from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_RANGE
+from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED, PAD_MULTIPLE,
+                            WEIGHT_RANGE, check_io)
 from contract.sizes import size_argument
 
 PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
@@ -185,14 +186,9 @@ def check_onnx(path: Path) -> str:
         summary = inspect_onnx(path)
     except PlanError as e:
         raise RepositoryError(f"--model {path}: {e}") from e
-    missing = [n for n in INPUT_NAMES if n not in summary.inputs]
-    if missing or OUTPUT_ENHANCED not in summary.outputs:
-        raise RepositoryError(f"--model {path} does not follow the graph contract (inputs {', '.join(INPUT_NAMES)}, "
-                              f"output {OUTPUT_ENHANCED}); it has inputs {', '.join(summary.inputs)}, outputs "
-                              f"{', '.join(summary.outputs)}. Export it with python -m export.onnx")
-    wrong = [f"{n} is {s.dtype}" for n, s in summary.inputs.items() if n in INPUT_NAMES and s.dtype != "float32"]
-    if wrong:
-        raise RepositoryError(f"--model {path}: {', '.join(wrong)}; the repository's contract is FP32 I/O")
+    check_io(summary.inputs, summary.outputs, where=f"--model {path}", error=RepositoryError,
+             dtypes={n: s.dtype for n, s in summary.inputs.items()},
+             fix="export it with python -m export.onnx (the repository's contract is FP32 I/O)")
     return summary.precision
 
 
@@ -213,9 +209,9 @@ def check_engine(engine: Path, serving: Serving) -> tuple[dict, Serving]:
     io = sidecar.get("io", {})
     if missing:
         raise RepositoryError(f"engine sidecar {sidecar_path(engine)} lacks {', '.join(missing)}; rebuild the engine")
-    if set(INPUT_NAMES) - set(io.get("inputs", [])) or OUTPUT_ENHANCED not in io.get("outputs", []):
-        raise RepositoryError(f"engine {engine} does not follow the graph contract: its sidecar lists {io}")
-    image_max = sidecar.get("profile", {}).get("image", {}).get("max")
+    check_io(io.get("inputs", []), io.get("outputs", []), where=f"engine {engine} (its sidecar's io)",
+             error=RepositoryError, fix="rebuild it with python -m export.tensorrt")
+    image_max = sidecar.get("profile", {}).get(INPUT_IMAGE, {}).get("max")
     if not image_max or len(image_max) != 4:
         raise RepositoryError(f"engine sidecar {sidecar_path(engine)} has no image profile; rebuild the engine")
     narrowed = Serving(max_batch=min(serving.max_batch, int(image_max[0])), instances=serving.instances,
@@ -305,10 +301,10 @@ def operator_readme(names, serving: Serving, trt_serving, sidecar, precision, tr
 Written by `python -m export.triton`. Models: {', '.join(f'`{n}`' for n in names)}.
 
 ## Contract (every model)
-- inputs: `image` FP32 [N,3,H,W], RGB in [0,1], any H, W >= 1 (padding to the network's multiple of 32 happens
-  inside the model); `w_texture`, `w_style` FP32 [N,1] on the wire (one per image; [{low:g}, {high:g}], 1.0 is the
-  trained default, 0 turns the term off);
-- output: `enhanced` FP32 [N,3,H,W] in [0,1].
+- inputs: `{INPUT_IMAGE}` FP32 [N,3,H,W], RGB in [0,1], any H, W >= 1 (padding to the network's multiple of
+  {PAD_MULTIPLE} happens inside the model); `{INPUT_W_TEXTURE}`, `{INPUT_W_STYLE}` FP32 [N,1] on the wire (one per
+  image; [{low:g}, {high:g}], 1.0 is the trained default, 0 turns the term off);
+- output: `{OUTPUT_ENHANCED}` FP32 [N,3,H,W] in [0,1].
 - max batch {serving.max_batch}; largest image {max_h}x{max_w} (HxW) for `{PYTHON_MODEL}` (checked per request:
   larger images get an INVALID_ARG error, the client tiles them: `runtime.Enhancer` does).
 - Image-level work (8/16-bit, gray, alpha, tiling) is the client's: `python -m runtime photos/ -o out/ --model
@@ -331,7 +327,7 @@ Triton puts requests into one batch only when their inputs have the same shape, 
 batched; other sizes run in their own batches (never rejected). Padding a client's image to a common size is not
 an option: the model's IFT statistics are global over the image, so padding changes the result. Clients get
 batching by sending their native sizes when they are uniform (a camera's frames), and large images tiled at one
-tile size (`runtime.Enhancer` cuts tiles of one size per image, 32k-1 pixels: no extra padding work).
+tile size (`runtime.Enhancer` cuts tiles of one size per image, {PAD_MULTIPLE}k-1 pixels: no extra padding work).
 
 ## Run it in the Triton container
 ```bash

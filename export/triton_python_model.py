@@ -2,10 +2,11 @@
 
 It runs the model file next to it through the toolkit's own runtime backends (``runtime.registry``: ONNX Runtime
 for an .onnx graph by default; torch, OpenVINO or a compiled package when the repository was made with one), so the
-server computes exactly what ``runtime.Enhancer`` computes in process. It sees only the graph contract: ``image``
-FP32 [N,3,H,W] RGB in [0,1], ``w_texture``/``w_style`` FP32 [N] (one per image) -> ``enhanced`` FP32 [N,3,H,W].
+server computes exactly what ``runtime.Enhancer`` computes in process. It sees only the graph contract of
+``contract.graph`` (the FP32 image batch [N,3,H,W] and one pair of weights per image in, the enhanced batch out),
+imported from the toolkit in ``initialize`` like the runtime: its configuration's I/O is checked there.
 
-Every request is checked on its own (weights finite in [0, 4], image finite and within the configured largest
+Every request is checked on its own (weights by the contract's rule, image finite and within the configured largest
 size); a bad one gets an INVALID_ARG error response and the others in the same dynamic batch still run. Nothing
 raises out of ``execute``, so the stub and the server keep serving.
 
@@ -84,14 +85,18 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = parameters(config)
         try:
-            from contract.graph import WEIGHT_RANGE
+            from contract import graph
+            from contract.errors import InputError
             from runtime.registry import choose_backend
         except ImportError as e:
             raise pb_utils.TritonModelException(
                 f"codeenhance: cannot import the toolkit ({e}); install codeenhance-deploy and its runtime "
                 "dependencies in the Python the backend stub runs, or set the python_path parameter") from e
         self.name = args["model_name"]
-        self.weight_range = WEIGHT_RANGE
+        self.contract, self.input_error = graph, InputError
+        graph.check_io([i["name"] for i in config.get("input", [])], [o["name"] for o in config.get("output", [])],
+                       where=f"{self.name}: its config.pbtxt", error=pb_utils.TritonModelException,
+                       fix="write the repository with python -m export.triton")
         self.max_hw = parse_hw(params.get("max_hw", ""))
         self.max_batch = int(config.get("max_batch_size", 0)) or None
         model_file = os.path.join(args["model_repository"], args["model_version"], params.get("model_file", "model.onnx"))
@@ -105,33 +110,30 @@ class TritonPythonModel:
 
     def check(self, request):
         """(image, w_texture, w_style) of one request, or an error response."""
+        contract = self.contract
         arrays = []
-        for name in ("image", "w_texture", "w_style"):
+        for name in contract.INPUT_NAMES:
             array = input_array(request, name)
             if array is None:
                 return invalid(f"{self.name}: input {name!r} is missing")
             arrays.append(array)
-        image, w_texture, w_style = arrays
+        image, *weights = arrays
+        what = contract.INPUT_IMAGE
         if image.ndim != 4 or image.shape[1] != 3 or image.dtype != np.float32:
-            return invalid(f"{self.name}: image must be FP32 [N,3,H,W], got {image.dtype} {list(image.shape)}")
+            return invalid(f"{self.name}: {what} must be FP32 [N,3,H,W], got {image.dtype} {list(image.shape)}")
         n, _, h, w = image.shape
-        if h < 1 or w < 1 or n < 1:
-            return invalid(f"{self.name}: image is empty: {list(image.shape)}")
+        if h < contract.MIN_SIDE or w < contract.MIN_SIDE or n < 1:
+            return invalid(f"{self.name}: {what} is empty: {list(image.shape)}")
         if self.max_hw and (h > self.max_hw[0] or w > self.max_hw[1]):
-            return invalid(f"{self.name}: image {h}x{w} exceeds the largest size this model is configured for, "
+            return invalid(f"{self.name}: {what} {h}x{w} exceeds the largest size this model is configured for, "
                            f"{self.max_hw[0]}x{self.max_hw[1]} (HxW); tile it on the client (runtime.Enhancer does)")
-        weights = []
-        for name, value in (("w_texture", w_texture), ("w_style", w_style)):
-            value = np.asarray(value, dtype=np.float32).reshape(-1)
-            if value.shape != (n,):
-                return invalid(f"{self.name}: {name} must have one value per image ({n}), got shape {list(value.shape)}")
-            low, high = self.weight_range
-            if not ((value >= low) & (value <= high)).all():  # NaN fails both comparisons
-                return invalid(f"{self.name}: {name} must be finite numbers in [{low:g}, {high:g}], got "
-                               f"{', '.join(f'{v:g}' for v in value)}")
-            weights.append(value)
+        try:  # one per image ([N,1] on the wire), finite and within the contract's range
+            weights = [contract.per_image_weights(np.asarray(value, dtype=np.float32).reshape(-1), n, name)
+                       for name, value in zip(contract.WEIGHT_NAMES, weights)]
+        except self.input_error as e:
+            return invalid(f"{self.name}: {e}")
         if not np.isfinite(image).all():
-            return invalid(f"{self.name}: image has NaN or infinite values; it must be finite, in [0,1]")
+            return invalid(f"{self.name}: {what} has NaN or infinite values; it must be finite, in [0,1]")
         return np.array(image, dtype=np.float32, order="C"), weights[0], weights[1]  # a copy: inputs do not outlive the call
 
     def execute(self, requests):
@@ -178,7 +180,8 @@ class TritonPythonModel:
             offset = 0
             for i in chunk:
                 n = checked[i][0].shape[0]
-                tensor = output_tensor("enhanced", np.array(out[offset:offset + n], dtype=np.float32, order="C"))
+                tensor = output_tensor(self.contract.OUTPUT_ENHANCED,
+                                       np.array(out[offset:offset + n], dtype=np.float32, order="C"))
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
                 offset += n
 

@@ -27,12 +27,11 @@ from contract.files import update_digest
 from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
 from contract.errors import InputError
 from contract.sizes import parse_size
-from contract.graph import (  # noqa: F401  (OUTPUT_CODES: part of this module's names for the builder)
-    FP32, INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED,
+from contract.graph import (  # noqa: F401  (INPUT_NAMES, OUTPUT_ENHANCED: this module's names for the builder)
+    BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, META_PRECISION, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
+    mixed_precision,
 )
 
-IMAGE, W_TEXTURE, W_STYLE = INPUT_IMAGE, INPUT_W_TEXTURE, INPUT_W_STYLE
-INPUT_RANKS = {IMAGE: 4, W_TEXTURE: 1, W_STYLE: 1}
 ENGINE_SUFFIXES = (".plan", ".engine")
 KEY_PLACEHOLDER = "{key}"
 UNKNOWN = "unknown"
@@ -89,7 +88,7 @@ class ShapeProfile:
         hws = (self.min_hw, self.opt_hw, self.max_hw)
         image = tuple((n, 3, h, w) for n, (h, w) in zip(batches, hws))
         weight = tuple((n,) for n in batches)
-        return {IMAGE: image, W_TEXTURE: weight, W_STYLE: weight}
+        return {INPUT_IMAGE: image, **{name: weight for name in WEIGHT_NAMES}}
 
     def tag(self) -> str:
         hw = "-".join(map(format_shape, (self.min_hw, self.opt_hw, self.max_hw)))
@@ -141,7 +140,7 @@ class OnnxSummary:
     path: Path
     sha256: str  # of the .onnx file and any external data files it references
     opset: int | None
-    precision: str  # "fp32", or "fp16-mixed" when weights or Casts are FP16 (what export/precision.py makes)
+    precision: str  # reported vocabulary (contract.graph): fp32, or fp16-mixed when weights or Casts are FP16
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
 
@@ -192,11 +191,11 @@ def _graph_precision(model) -> str:
     recorded = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION)
     if recorded:
         return recorded
-    reduced = {10: "fp16", 16: "bf16"}  # TensorProto.FLOAT16, BFLOAT16
+    reduced = {10: FP16, 16: BF16}  # TensorProto.FLOAT16, BFLOAT16
     found = {reduced[t.data_type] for t in model.graph.initializer if t.data_type in reduced}
     casts = (a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to")
     found |= {reduced[to] for to in casts if to in reduced}
-    return "+".join(sorted(found)) + "-mixed" if found else FP32
+    return mixed_precision(found)
 
 
 def _fingerprint(path: Path, external_files: list[str]) -> str:
@@ -214,28 +213,13 @@ def _fingerprint(path: Path, external_files: list[str]) -> str:
 
 
 def check_contract(summary: OnnxSummary, profile: ShapeProfile) -> None:
-    """Raise PlanError listing every way the graph's I/O disagrees with the contract or the profile."""
+    """Raise PlanError listing every way the graph's I/O disagrees with the contract (contract.graph.check_io: names,
+    FP32 I/O, ranks; no inputs beyond the contract's, which the profile covers) or with the profile."""
     problems = []
-    found = ", ".join(summary.inputs) or "none"
-    missing = [n for n in INPUT_NAMES if n not in summary.inputs]
-    if missing:
-        problems.append(
-            f"missing input(s) {', '.join(missing)} (the graph has: {found}); "
-            "export with `python -m export.onnx`, which names them image, w_texture, w_style"
-        )
-    extra = [n for n in summary.inputs if n not in INPUT_NAMES]
-    if extra:
-        problems.append(f"unexpected input(s) {', '.join(extra)}: the profile only covers {', '.join(INPUT_NAMES)}")
     for name, (mins, opts, maxs) in profile.shapes().items():
         spec = summary.inputs.get(name)
-        if spec is None:
-            continue
-        if spec.dtype != "float32":
-            problems.append(f"input {name} is {spec.dtype}, expected float32 (the FP16 graph keeps FP32 I/O)")
-        if spec.dims is None or len(spec.dims) != INPUT_RANKS[name]:
-            rank = "unknown" if spec.dims is None else len(spec.dims)
-            problems.append(f"input {name} has rank {rank}, expected {INPUT_RANKS[name]}")
-            continue
+        if spec is None or spec.dims is None or len(spec.dims) != INPUT_RANKS[name]:
+            continue  # check_io names it
         for axis, fixed in enumerate(spec.dims):
             # TensorRT requires min == opt == max == the fixed size on static dimensions.
             if isinstance(fixed, int) and fixed > 0 and not mins[axis] == opts[axis] == maxs[axis] == fixed:
@@ -243,10 +227,10 @@ def check_contract(summary: OnnxSummary, profile: ShapeProfile) -> None:
                     f"input {name} has fixed size {fixed} on axis {axis} but the profile asks for "
                     f"{mins[axis]}..{maxs[axis]}; export with dynamic axes or match the profile to it"
                 )
-    if OUTPUT_ENHANCED not in summary.outputs:
-        problems.append(f"missing output {OUTPUT_ENHANCED} (the graph has: {', '.join(summary.outputs)})")
-    if problems:
-        raise PlanError(f"{summary.path.name} does not match the CodeEnhance ONNX contract: " + "; ".join(problems))
+    check_io(summary.inputs, summary.outputs, where=summary.path.name, error=PlanError, extra_inputs=False,
+             dtypes={n: s.dtype for n, s in summary.inputs.items()},
+             ranks={n: None if s.dims is None else len(s.dims) for n, s in summary.inputs.items()},
+             problems=problems, fix="export it with python -m export.onnx (the FP16 graph keeps FP32 I/O)")
 
 
 def _slug(text: str) -> str:

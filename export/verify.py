@@ -18,7 +18,8 @@ import onnx
 import torch
 
 from codeenhance import CodeEnhance
-from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, OUTPUT_ENHANCED,
+                            PAD_MULTIPLE)
 
 from .fidelity import code_agreement, ort_session, psnr
 from .graph import GatherLookup, positions, to_feature_map
@@ -49,10 +50,12 @@ class Case:
 
 
 # None of these is the traced example size (graph.example_inputs); together they cover an odd size, a size that
-# is already a multiple of 32 (still padded by 32), a batch of 2 with different weights, and H < 16.
+# is already a multiple of the pad multiple (still padded by a whole multiple), a batch of 2 with different weights,
+# and H < 16.
 DEFAULT_CASES = (
     Case(1, 77, 150, (1.0,), (1.0,), "odd size"),
-    Case(2, 64, 96, (1.0, 0.5), (1.0, 1.5), "batch 2, per-image weights, multiple of 32"),
+    Case(2, 2 * PAD_MULTIPLE, 3 * PAD_MULTIPLE, (1.0, 0.5), (1.0, 1.5),
+         f"batch 2, per-image weights, multiple of {PAD_MULTIPLE}"),
     Case(1, 13, 40, (0.8,), (1.2,), "H < 16 (mirror padding repeats)"),
 )
 
@@ -184,7 +187,8 @@ def verify_onnx(
     for i, case in enumerate(cases):
         inputs = case.inputs(seed + i)
         row = verify_case(session, model, inputs, atol, tie_rtol)
-        row.update(shape=list(inputs[INPUT_IMAGE].shape), w_texture=list(case.w_texture), w_style=list(case.w_style), why=case.why)
+        row.update({"shape": list(inputs[INPUT_IMAGE].shape), INPUT_W_TEXTURE: list(case.w_texture),
+                    INPUT_W_STYLE: list(case.w_style), "why": case.why})
         rows.append(row)
     agreements = [r["code_agreement"] for r in rows if r["code_agreement"] is not None]
     return {
@@ -207,7 +211,7 @@ def format_report(report: dict) -> str:
         shape = "x".join(map(str, r["shape"]))
         codes = "n/a" if r["code_agreement"] is None else f"{100 * r['code_agreement']:.3f}%"
         line = (
-            f"  {shape:<14} wt={r['w_texture']} ws={r['w_style']}: max abs {r['max_abs']:.3g}, "
+            f"  {shape:<14} wt={r[INPUT_W_TEXTURE]} ws={r[INPUT_W_STYLE]}: max abs {r['max_abs']:.3g}, "
             f"PSNR {r['psnr']:.1f} dB, codes equal {codes}"
         )
         if r["flips"]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from contract.aoti_package import (DYNAMIC_MIN_SIDE, DYNAMIC_MODEL, StalePackageError, bucket_for, check_package,
-                                   describe_buckets, padded_size)
+                                   describe_buckets, pad_multiple, padded_size)
 from contract.errors import InputError
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
@@ -84,7 +84,7 @@ class AotiBackend(BackendBase):
         self.load()
         name = bucket_for(self.meta, h, w)
         if name is None:
-            m = int(self.meta.get("pad_multiple", 32))
+            m = pad_multiple(self.meta)
             raise InputError(
                 f"aoti: no compiled size in {self.path.name} runs {h}x{w} (padded {padded_size(h, m)}x{padded_size(w, m)}); "
                 f"it has {describe_buckets(self.meta)}. Rebuild with `python -m export.aoti --sizes {h}x{w},...` "
@@ -116,7 +116,6 @@ class AotiBackend(BackendBase):
         if self.device.type == "cuda":
             device = f"{device} ({torch.cuda.get_device_name(self.device)})"
         static = [spec["padded"] for spec in meta["models"].values() if spec.get("padded")]
-        m = int(meta.get("pad_multiple", 32))
         dynamic = DYNAMIC_MODEL in meta["models"]
         # Largest input a bucket runs (the enhancer tiles above it); sizes in between without a bucket are refused.
         max_hw = None if dynamic else (max(hp for hp, _ in static) - 1, max(wp for _, wp in static) - 1)

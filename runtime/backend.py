@@ -1,7 +1,9 @@
-"""The contract every inference backend meets (torch, onnxruntime, tensorrt), in the style of Polygraphy's runners.
+"""The contract every inference backend meets (the backends of ``runtime.registry``: torch, onnxruntime, openvino,
+aoti, tensorrt, triton), in the style of Polygraphy's runners.
 
 A backend takes an *unpadded* float32 RGB batch [N,3,H,W] in [0,1] with per-image weights and returns the
-clamped enhanced batch of the same shape; padding to the model's multiple happens inside the model or graph.
+clamped enhanced batch of the same shape; padding to the model's multiple (``contract.graph.PAD_MULTIPLE``) happens
+inside the model or graph.
 Image-level work (dtype conversion, gray/alpha, batching, tiling) lives above backends, in ``runtime.enhancer``.
 """
 from __future__ import annotations
@@ -12,13 +14,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from contract.errors import ToolkitError
+from contract.graph import WEIGHT_NAMES
 
 
 @dataclass(frozen=True)
 class BackendInfo:
-    name: str  # "torch", "onnxruntime", "tensorrt"
+    name: str  # the backend's registry name
     device: str  # "cpu", "cuda:0", "NVIDIA H100 ..."
-    precision: str  # "fp32", "fp16-mixed", ...
+    precision: str  # what ran, in the reported vocabulary of contract.graph (fp32, fp16-mixed, ...)
     min_hw: tuple[int, int] = (1, 1)  # smallest input H, W accepted
     max_hw: tuple[int, int] | None = None  # largest input H, W (None: limited by memory only)
     max_batch: int | None = None
@@ -108,7 +111,7 @@ def check_batch(images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray, 
     if images.dtype != np.float32:
         raise ValueError(f"{info.name}: images must be float32 in [0,1], got {images.dtype}")
     n, _, h, w = images.shape
-    for name, wt in (("w_texture", w_texture), ("w_style", w_style)):
+    for name, wt in zip(WEIGHT_NAMES, (w_texture, w_style)):
         if wt.shape != (n,):
             raise ValueError(f"{info.name}: {name} must have shape ({n},), got {wt.shape}")
     if h < info.min_hw[0] or w < info.min_hw[1]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.errors import InputError
 from contract.images import SCALES
 from contract.graph import PAD_MULTIPLE, WEIGHT_NAMES, per_image_weights
 

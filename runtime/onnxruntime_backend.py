@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: runs the exported graph (inputs image/w_texture/w_style, outputs enhanced[/codes])."""
+"""ONNX Runtime backend: runs the exported graph (its inputs and outputs: ``contract.graph``)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.graph import FP16_MIXED, FP32, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import (FP16, FP32, INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED,
+                            check_io, reported_precision)
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
@@ -111,13 +112,8 @@ class OnnxRuntimeBackend(BackendBase):
             raise BackendError(f"onnxruntime: cannot load {self.model_path}: {e}") from e
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if set(INPUT_NAMES) - set(self.inputs) or OUTPUT_ENHANCED not in outputs:
-            raise BackendError(
-                f"onnxruntime: {self.model_path} does not follow the CodeEnhance graph contract: expected inputs "
-                f"{list(INPUT_NAMES)} and an output {OUTPUT_ENHANCED!r}, found inputs {list(self.inputs)}, outputs {outputs}; "
-                "export it with python -m export.onnx"
-            )
-        self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
+        self.output_names = list(check_io(self.inputs, outputs, where=f"onnxruntime: {self.model_path}",
+                                          error=BackendError))
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
         feed = {}
@@ -127,14 +123,14 @@ class OnnxRuntimeBackend(BackendBase):
         return InferResult(enhanced=results[OUTPUT_ENHANCED].astype(np.float32, copy=False), codes=results.get(OUTPUT_CODES))
 
     def _describe(self) -> BackendInfo:
-        n, _, h, w = self.inputs["image"].shape
+        n, _, h, w = self.inputs[INPUT_IMAGE].shape
         static_hw = (dim_limit(h), dim_limit(w))
         metadata = self.session.get_modelmeta().custom_metadata_map
-        image_type = self.inputs["image"].type
+        image_type = self.inputs[INPUT_IMAGE].type
         return BackendInfo(
             name=self.name,
             device=self.session.get_providers()[0],
-            precision=metadata.get(META_PRECISION, FP16_MIXED if image_type == "tensor(float16)" else FP32),
+            precision=metadata.get(META_PRECISION, reported_precision(FP16 if image_type == "tensor(float16)" else FP32)),
             # A static H or W in the graph is both its minimum and its maximum.
             min_hw=(static_hw[0] or 1, static_hw[1] or 1),
             max_hw=None if static_hw == (None, None) else (static_hw[0] or 1 << 30, static_hw[1] or 1 << 30),
@@ -142,7 +138,7 @@ class OnnxRuntimeBackend(BackendBase):
             extra={
                 "model": str(self.model_path),
                 "providers": self.session.get_providers(),
-                "input_shape": list(self.inputs["image"].shape),
+                "input_shape": list(self.inputs[INPUT_IMAGE].shape),
                 "outputs": list(self.output_names),
                 "metadata": dict(metadata),
             },

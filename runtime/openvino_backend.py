@@ -8,10 +8,9 @@ takes the IR's own (an IR written for bf16 refuses fp32: its weights are rounded
 
 Shapes: ``shapes="static"`` (default) compiles the graph for the exact input shape and compiles again when the
 shape changes (the last one is kept). OpenVINO's CPU plugin plans memory only for static shapes: with a dynamic
-model every node gets its own buffer, measured (official size, bf16, 2026.4.1) at 2.5 GiB peak for one 720p image
-against 1.1 GiB static and 1.6 GiB for ONNX Runtime; static also runs a little faster (17.8 s vs 18.7 s at 720p).
-A new shape costs one compile from the IR (1.7 s at 256x256, 2.2 s at 720p, official size), so ``"dynamic"`` (one
-compiled model for every shape) suits streams of images that all differ in size.
+model every node gets its own buffer, so static shapes take far less peak memory and run a little faster (README,
+"OpenVINO on the CPU", has the figures). A new shape costs one compile from the IR, so ``"dynamic"`` (one compiled
+model for every shape) suits streams of images that all differ in size.
 
 An ``.onnx`` graph is converted once to an IR that every compile reads: in ``cache_dir`` when given (a second start
 reuses it and skips reading and marking the graph), else in a temporary folder removed on close
@@ -32,16 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from contract.files import update_digest
-from contract.graph import BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
+                            check_io)
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 from .openvino_ir import import_openvino, ir_precision, write_ir, writer_fingerprint
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = (FP32, BF16)
 SHAPES = ("static", "dynamic")
 # The shape compiled at load, to check the graph and report what runs in which precision before the first image.
 PROBE_HW = (32, 32)
-OV_HINT = {"fp32": "f32", "bf16": "bf16"}
+OV_HINT = {FP32: "f32", BF16: "bf16"}
 # OpenVINO op types that do arithmetic worth reporting (the rest: shapes, reshapes, constants).
 COMPUTE_TYPES = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "MVN", "Softmax", "TopK",
                  "Eltwise", "Subgraph", "Reduce", "Interpolate", "Gather", "DepthToSpace", "Deconvolution"}
@@ -147,7 +147,7 @@ class OpenVINOBackend(BackendBase):
                 model = core.read_model(str(self.ir))
                 self.precision = self._precision_of_ir(ir_precision(model))
             else:
-                self.precision = self.precision or "fp32"
+                self.precision = self.precision or FP32
                 self.ir = self._convert(core)
                 model = core.read_model(str(self.ir))
             self._check_contract(model)
@@ -162,15 +162,9 @@ class OpenVINOBackend(BackendBase):
             raise BackendError(f"openvino: cannot load {self.model_path}: {e}") from e
 
     def _check_contract(self, model) -> None:
-        inputs = {i.get_any_name() for i in model.inputs}
+        inputs = sorted({i.get_any_name() for i in model.inputs})
         outputs = [o.get_any_name() for o in model.outputs]
-        if set(INPUT_NAMES) - inputs or OUTPUT_ENHANCED not in outputs:
-            raise BackendError(
-                f"openvino: {self.model_path} does not follow the CodeEnhance graph contract: expected inputs "
-                f"{list(INPUT_NAMES)} and an output 'enhanced', found inputs {sorted(inputs)}, outputs {outputs}; "
-                "export it with python -m export.onnx"
-            )
-        self.output_names = [OUTPUT_ENHANCED] + ([OUTPUT_CODES] if OUTPUT_CODES in outputs else [])
+        self.output_names = list(check_io(inputs, outputs, where=f"openvino: {self.model_path}", error=BackendError))
         self.input_shape = str(model.input(INPUT_IMAGE).get_partial_shape())
 
     def _compile(self, shape, model=None) -> None:
@@ -193,16 +187,16 @@ class OpenVINOBackend(BackendBase):
         self.compiles += 1
 
     def _precision_of_ir(self, written_for: str | None) -> str:
-        if written_for == BF16_MIXED and self.precision == "fp32":
+        if written_for == BF16_MIXED and self.precision == FP32:
             raise BackendError(
                 f"openvino: {self.model_path} was written for bf16 (its weights are stored bf16), so it cannot run "
                 "fp32; run the .onnx graph for fp32, or pass precision bf16")
-        if written_for != BF16_MIXED and self.precision == "bf16":
+        if written_for != BF16_MIXED and self.precision == BF16:
             # Its ops carry no FP32-island marks: the bf16 hint would lower the nearest-code lookup too.
             raise BackendError(
                 f"openvino: {self.model_path} was not written for bf16 (it was written for {written_for or 'an unknown precision'}: "
                 "no FP32 islands marked); write a bf16 IR with python -m export.openvino, or run the .onnx graph")
-        return self.precision or ("bf16" if written_for == BF16_MIXED else "fp32")
+        return self.precision or (BF16 if written_for == BF16_MIXED else FP32)
 
     def _convert(self, core) -> Path:
         """The IR every compile reads: the graph as is (fp32) or with the FP32 islands marked (bf16); written to
@@ -259,10 +253,10 @@ class OpenVINOBackend(BackendBase):
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # "f32", "bf16"
         report = self.precision_report()
-        if self.precision == "fp32":
+        if self.precision == FP32:
             precision = FP32
         else:
-            precision = BF16_MIXED if report["compute_nodes"].get("f32") else "bf16"
+            precision = BF16_MIXED if report["compute_nodes"].get("f32") else BF16
         return BackendInfo(
             name=self.name,
             device=f"{self.device} ({self.core.get_property(self.device, 'FULL_DEVICE_NAME')})",

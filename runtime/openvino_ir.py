@@ -3,8 +3,8 @@
 fp32: the graph as OpenVINO reads it. bf16: the FP32 islands of ``contract.precision_rules`` (the same rule as the
 FP16 graph of ``export.precision``: the nearest-code chain and the normalisation statistics) marked to stay fp32,
 and the weights of every other Convolution/MatMul stored as bf16 (what those ops compute with anyway: the IR and the
-weights the compiled model holds are half the size; measured peak memory of one 256x256 image, official size,
-starting from the IR: 451 MiB, ONNX Runtime 485 MiB; with fp32 weights in the IR 499 MiB).
+weights the compiled model holds are half the size, and so is the peak memory of loading; README, "OpenVINO on the
+CPU", has the figures).
 
 Marks: each ONNX node is mapped to the OpenVINO ops that implement it (a LayerNormalization becomes MVN + Multiply +
 Add, an ArgMin TopK + Squeeze) through the tensor names OpenVINO keeps, and the ops get rt_info ``precise_0``.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.files import update_digest
-from contract.graph import BF16_MIXED, FP32, FP32_ISLANDS
+from contract.graph import BF16, FP32_ISLANDS, reported_precision
 
 from .backend import BackendError
 
@@ -86,7 +86,7 @@ def island_nodes(onnx_model, keep_fp32=()) -> dict[str, list[str]]:
 
 def skeleton(onnx_path: Path):
     """The ONNX graph without its weights' bytes (names, types and shapes kept): the island rules and the name
-    mapping need no weights, and the bytes would double the peak memory of loading (166 MB official model)."""
+    mapping need no weights, and the bytes would double the peak memory of loading."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -290,14 +290,14 @@ def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> 
 
     ov_model = core.read_model(str(onnx_path))
     facts: dict = {}
-    if precision == "bf16":
+    if precision == BF16:
         onnx_model = skeleton(onnx_path)
         keep = island_nodes(onnx_model, keep_fp32)
         marked = mark_islands(ov_model, onnx_model, keep)
         del onnx_model
         facts = {"onnx_nodes": len(keep), "reasons": dict(Counter(r for why in keep.values() for r in why)),
                  "ov_ops_marked": len(marked), "bf16_weights": store_weights_bf16(ov_model)}
-    ov_model.set_rt_info(BF16_MIXED if precision == "bf16" else FP32, META_PATH)
+    ov_model.set_rt_info(reported_precision(precision), META_PATH)
     # Write to a temporary name and rename: another process may read a cache folder at the same time.
     part = xml.with_name(xml.stem + f".{os.getpid()}.part.xml")
     try:

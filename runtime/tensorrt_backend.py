@@ -8,7 +8,7 @@ module, its dtype/sidecar/buffer logic and its tests work without them.
 Why not Polygraphy's TrtRunner (the builder uses Polygraphy's loaders): cuda-python stays our device-memory layer
 (pycuda ships no wheels and needs a CUDA toolkit at install time), while TrtRunner brings a second one
 (polygraphy.cuda, ctypes over a libcudart.so found on the library path), and its infer() checks every feed with
-polygraphy.util.array.is_torch, which imports torch wherever torch is installed (measured with polygraphy 0.53.6),
+polygraphy.util.array.is_torch, which imports torch wherever torch is installed (polygraphy 0.53.6),
 so the runtime would load torch. The execution part it would replace is ~40 lines; the sidecar check, the contract
 I/O check, batch padding to the profile minimum and the error messages stay ours either way.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from contract import optional
-from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED
+from contract.graph import (INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED, WEIGHT_NAMES,
+                            check_io)
 from contract.engine_sidecar import GpuInfo, StaleEngineError, check_sidecar, detect_gpu
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
@@ -52,7 +53,8 @@ def profile_limits(min_shape, max_shape) -> dict:
     """Batch and H,W limits of the image input from its profile shapes [N,3,H,W] (for BackendInfo)."""
     min_shape, max_shape = tuple(int(d) for d in min_shape), tuple(int(d) for d in max_shape)
     if len(min_shape) != 4 or len(max_shape) != 4:
-        raise BackendError(f"tensorrt: engine input 'image' must be 4-D [N,3,H,W], its profile is {min_shape}..{max_shape}")
+        raise BackendError(f"tensorrt: engine input {INPUT_IMAGE!r} must be 4-D [N,3,H,W], its profile is "
+                           f"{min_shape}..{max_shape}")
     return {"min_batch": min_shape[0], "max_batch": max_shape[0], "min_hw": min_shape[2:], "max_hw": max_shape[2:]}
 
 
@@ -179,14 +181,10 @@ class TensorRTBackend(BackendBase):
         self.dtypes = {n: numpy_dtype(self.engine.get_tensor_dtype(n)) for n in names}
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
-        unknown = sorted(set(self.input_names) - set(INPUT_NAMES))
-        if INPUT_IMAGE not in self.input_names or unknown or OUTPUT_ENHANCED not in self.output_names:
-            raise BackendError(
-                f"tensorrt: {self.engine_path} does not follow the CodeEnhance graph contract (inputs among "
-                f"{list(INPUT_NAMES)} with 'image', output 'enhanced'); it has inputs {self.input_names}, outputs "
-                f"{self.output_names}"
-            )
-        self.output_names = [n for n in (OUTPUT_ENHANCED, OUTPUT_CODES) if n in self.output_names]
+        # The weights may be folded into the engine as constants (trtexec), so only the image input is required.
+        self.output_names = list(check_io(self.input_names, self.output_names, where=f"tensorrt: {self.engine_path}",
+                                          error=BackendError, optional_inputs=WEIGHT_NAMES, extra_inputs=False,
+                                          fix="build it with python -m export.tensorrt"))
         min_shape, _opt, max_shape = self.engine.get_tensor_profile_shape(INPUT_IMAGE, 0)
         self.limits = profile_limits(min_shape, max_shape)
 
@@ -229,7 +227,7 @@ class TensorRTBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=f"cuda:{self.device_index} ({self.gpu.name}, compute capability {self.gpu.compute_capability})",
-            precision=str(sidecar.get("precision", f"as built into the engine (image input {io_types['image']})")),
+            precision=str(sidecar.get(META_PRECISION, f"as built into the engine (image input {io_types[INPUT_IMAGE]})")),
             min_hw=self.limits["min_hw"],
             max_hw=self.limits["max_hw"],
             max_batch=self.limits["max_batch"],

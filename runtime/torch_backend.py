@@ -11,13 +11,13 @@ import torch
 
 from codeenhance import CheckpointError, CodeEnhance, load_model
 from codeenhance.islands import keep_fp32_islands, lean_fp16
-from contract.graph import FP16_MIXED
+from contract.graph import FP16, FP16_MIXED, FP32
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
-PRECISIONS = ("fp32", "tf32", "fp16", "fp16-lean")
-# How each fp16 precision keeps its FP32 islands (reported in describe().extra["fp16"]).
-FP16_FORMS = {"fp16": "autocast", "fp16-lean": "lean"}
+PRECISIONS = (FP32, "tf32", FP16, "fp16-lean")
+# How each fp16 precision keeps its FP32 islands (reported in describe().extra["fp16"]); both report fp16-mixed.
+FP16_FORMS = {FP16: "autocast", "fp16-lean": "lean"}
 
 
 class TorchBackend(BackendBase):
@@ -31,9 +31,9 @@ class TorchBackend(BackendBase):
     for each call (they are process-wide) and "tf32" is its own, labelled variant.
     ``threads`` sets torch's intra-op thread count (a process-wide setting) when given.
     ``cuda_graphs=True`` (CUDA only) captures the forward pass once per input shape into a CUDA graph and replays
-    it: the model launches hundreds of small kernels, and at 256x256 eager fp16 was launch-bound on the H100 (49 ms
-    against 30 ms in fp32, issue 14). The captured graphs keep their input, output and activation buffers (one set
-    per shape seen). Written for the GPU run of benchmarks/gpu_session.sh; not run yet (no GPU lent).
+    it: the model launches hundreds of small kernels, so small images in eager fp16 are bound by kernel launches
+    (README, "AOTInductor packages", has what was measured). The captured graphs keep their input, output and
+    activation buffers (one set per shape seen). Written for the GPU run of benchmarks/gpu_session.sh.
     """
 
     name = "torch"

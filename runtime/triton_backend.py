@@ -1,7 +1,7 @@
 """Triton backend: the graph contract over HTTP to a Triton Inference Server (``triton://HOST:PORT/MODEL``).
 
-The server sees only the contract (``image`` FP32 [N,3,H,W] in [0,1], ``w_texture``/``w_style`` one per image ->
-``enhanced``); everything about real images (dtype, gray/alpha, tiling) stays in ``runtime.Enhancer`` on the
+The server sees only the graph contract (``contract.graph``: the image batch and one pair of weights per image in,
+the enhanced batch out); everything about real images (dtype, gray/alpha, tiling) stays in ``runtime.Enhancer`` on the
 client. The model's ``max_batch_size`` and largest image (the ``max_hw`` parameter that ``export.triton`` writes)
 come from the server's model configuration, so the Enhancer batches and tiles within them. Every error from the
 server or the connection becomes a BackendError naming the batch it was for.
@@ -14,20 +14,15 @@ import re
 import numpy as np
 
 from contract.errors import InputError
-from contract.graph import INPUT_NAMES, OUTPUT_ENHANCED
+from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io
 from contract.sizes import parse_size
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
-SCHEME = "triton://"
 # triton://HOST[:PORT]/MODEL[/VERSION]; "triton:/" too, which is what pathlib makes of "triton://" (it folds "//").
 URL = re.compile(r"^triton:/{1,2}(?P<host>\[[^\]]+\]|[^/:\[\]]+)(?::(?P<port>\d+))?/(?P<model>[^/]+)(?:/(?P<version>\d+))?/?$")
 DEFAULT_PORT = 8000
 INSTALL_HINT = 'pip install "codeenhance-deploy[serve]" (tritonclient[http])'
-
-
-def is_triton_url(model) -> bool:
-    return str(model).startswith("triton:/")
 
 
 def parse_url(url) -> tuple[str, int, str, str]:
@@ -91,14 +86,15 @@ class TritonBackend(BackendBase):
                                "python -m runtime.serve --repository REPO, or check HOST:PORT (the HTTP port)") from e
         inputs = {i["name"]: i for i in self.config.get("input", [])}
         outputs = {o["name"] for o in self.config.get("output", [])}
-        if set(INPUT_NAMES) - set(inputs) or OUTPUT_ENHANCED not in outputs:
+        try:
+            check_io(sorted(inputs), sorted(outputs), where=f"triton: model {self.model!r}", error=BackendError,
+                     fix="write the repository with python -m export.triton")
+        except BackendError:
             self.client.close()
-            raise BackendError(f"triton: model {self.model!r} does not follow the CodeEnhance graph contract: inputs "
-                               f"{sorted(inputs)}, outputs {sorted(outputs)}; write the repository with "
-                               "python -m export.triton")
+            raise
         # A weight declared [1] (reshaped to a scalar on the server) travels as [N,1]; declared [] (or with
         # max_batch_size 0, [-1]) as [N].
-        self.weight_rank = {name: len(inputs[name].get("dims", [])) for name in INPUT_NAMES[1:]}
+        self.weight_rank = {name: len(inputs[name].get("dims", [])) for name in WEIGHT_NAMES}
         self.batching = int(self.config.get("max_batch_size", 0)) > 0
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:
@@ -107,7 +103,7 @@ class TritonBackend(BackendBase):
         what = f"a batch of {n} image(s) of {h}x{w}"
         inputs = []
         for name, value in zip(INPUT_NAMES, (images, w_texture, w_style)):
-            if name != INPUT_NAMES[0] and self.batching and self.weight_rank[name] == 1:
+            if name != INPUT_IMAGE and self.batching and self.weight_rank[name] == 1:
                 value = value.reshape(n, 1)
             tensor = http.InferInput(name, list(value.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(value, dtype=np.float32), binary_data=True)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.graph import OUTPUT_CODES, OUTPUT_ENHANCED
 from export.fidelity import capped_psnr, compare_image
 
 
 def compare_outputs(names: list[str], out: dict, ref: dict) -> list[dict]:
-    """Per-image metrics; ``out``/``ref`` hold "enhanced" [N,3,H,W] and optionally "codes" [N,1,h,w]."""
+    """Per-image metrics; ``out``/``ref`` hold the graph's outputs by name: enhanced [N,3,H,W] and optionally
+    codes [N,1,h,w]."""
     rows = []
     for i, name in enumerate(names):
-        codes = out["codes"][i] if out.get("codes") is not None else None
-        ref_codes = ref["codes"][i] if ref.get("codes") is not None else None
-        rows.append({"image": name, **compare_image(out["enhanced"][i], ref["enhanced"][i], codes, ref_codes)})
+        codes = out[OUTPUT_CODES][i] if out.get(OUTPUT_CODES) is not None else None
+        ref_codes = ref[OUTPUT_CODES][i] if ref.get(OUTPUT_CODES) is not None else None
+        enhanced, ref_enhanced = out[OUTPUT_ENHANCED][i], ref[OUTPUT_ENHANCED][i]
+        rows.append({"image": name, **compare_image(enhanced, ref_enhanced, codes, ref_codes)})
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from contract.graph import FP16, FP32, reported_precision
 from contract.sizes import SIZE_ALIASES, parse_size, parse_sizes  # noqa: F401  (the harness's size names)
 
 
@@ -14,7 +15,7 @@ def size_label(hw: tuple[int, int]) -> str:
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    runtime: str  # which runtime/ backend class runs it: "torch", "onnxruntime" or "tensorrt"
+    runtime: str  # which runtime/ backend runs it (a runtime.registry name)
     precision: str  # "fp32", "fp16" or "bf16" (the graph, autocast or OpenVINO keeps the FP32 islands)
     artifact: str  # what it loads: "checkpoint", "onnx", "onnx_fp16", "onnx_onehot", "engine", "aoti", "aoti_fp16"
     # or "openvino_bf16"
@@ -25,9 +26,9 @@ class BackendSpec:
     @property
     def precision_label(self) -> str:
         """What the tables show: fp16 always means fp16 with fp32 islands here (autocast or the converted graph)."""
-        if self.precision in ("fp32", "tf32"):
+        if self.precision in (FP32, "tf32"):
             return self.precision
-        return "fp16-mixed" if self.precision.startswith("fp16") else f"{self.precision}-mixed"  # fp16-lean too
+        return reported_precision(FP16 if self.precision.startswith(FP16) else self.precision)  # fp16-lean too
 
 
 BACKENDS = {

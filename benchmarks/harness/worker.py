@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.graph import INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, OUTPUT_ENHANCED
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process image: VmHWM on Linux, else ru_maxrss.
@@ -119,8 +121,8 @@ def batch_plan(n_images: int, batch: int) -> list[np.ndarray]:
 def measure(job: dict) -> dict:
     images = np.load(job["inputs"])
     plan = batch_plan(len(images), job["batch"])
-    feeds = [(np.ascontiguousarray(images[idx]), np.full(len(idx), job["w_texture"], np.float32),
-              np.full(len(idx), job["w_style"], np.float32)) for idx in plan]
+    feeds = [(np.ascontiguousarray(images[idx]), np.full(len(idx), job[INPUT_W_TEXTURE], np.float32),
+              np.full(len(idx), job[INPUT_W_STYLE], np.float32)) for idx in plan]
     enhanced = np.zeros(images.shape, np.float32)
     codes, seen = None, set()
 
@@ -157,7 +159,7 @@ def measure(job: dict) -> dict:
     info = asdict(backend.describe())
     gpu_report = gpu.report()
     backend.close()
-    arrays = {"enhanced": enhanced} if codes is None else {"enhanced": enhanced, "codes": codes}
+    arrays = {OUTPUT_ENHANCED: enhanced} if codes is None else {OUTPUT_ENHANCED: enhanced, OUTPUT_CODES: codes}
     np.savez(job["outputs"], **arrays)
     return {
         "status": "ok",

@@ -9,7 +9,7 @@ Swin context) on the first --calib-count photos, with the FP32 islands (nearest-
 statistics: ``runtime.openvino_ir``'s rule) in NNCF's ignored scope and marked fp32 in the saved IR; the rest of the
 float ops run bf16. Then every photo is compared with ONNX Runtime fp32 (PSNR, code agreement, NaN) and both run at
 --size alternately, best of --repeats. The toolkit does not ship int8: it is measured here, against the bar the
-bf16 IR meets (PSNR >= 40 dB mean, code agreement >= 99%).
+reduced precision must meet (export.fidelity.REDUCED_PRECISION_BAR: the image against fp32, code agreement reported).
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from .checkpoint import CheckpointError, load_model, read_state_dict, save_demo_
 from .config import OFFICIAL, TINY, CodeEnhanceConfig
 from .network import CodeEnhance
 from .padding import flip_pad_to_multiple, padded_size
+from .pretrained import load_trained, trained_checkpoint
 from .quantizer import nearest_code
 
 __version__ = "0.1.0"
@@ -15,9 +16,11 @@ __all__ = [
     "TINY",
     "flip_pad_to_multiple",
     "load_model",
+    "load_trained",
     "nearest_code",
     "padded_size",
     "read_state_dict",
     "save_demo_checkpoint",
+    "trained_checkpoint",
     "__version__",
 ]

@@ -1,0 +1,176 @@
+"""How good is a checkpoint at enhancing? Held-out photos darkened by the training degradation at two strengths
+(PSNR/SSIM of the input, of a tuned global gamma + gain, of the random network and of the trained one), the CC0
+sample photos the same way, and real low-light photos (LIME/MEF: no ground truth, mean luminance and pictures).
+
+    python benchmarks/quality.py --ckpt codeenhance/weights/codeenhance_tiny.pth \
+        --photos ../shared/data/reference --lowlight ../shared/data/lowlight \
+        --out benchmarks/results/cpu-2core/quality.md --picture docs/before_after.png
+
+The held-out names come from the checkpoint's training record (``meta.holdout``), or --holdout N picks them as
+training does. Needs the [train] extra (pytorch-msssim).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from codeenhance import load_model
+from codeenhance.checkpoint import random_model
+from codeenhance.degrade import STRENGTHS, degrade
+from codeenhance.train import holdout_names
+from contract.images import fit_max_side, list_images, load_rgb
+
+REPO = Path(__file__).resolve().parents[1]
+LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+BASELINE = "tuned global gamma + gain"
+GAMMAS = np.linspace(0.2, 1.2, 41)
+GAINS = np.geomspace(0.5, 6.0, 41)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_msssim import ssim as ssim_torch
+
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # noqa: E731
+    return float(ssim_torch(t(a), t(b), data_range=1.0))
+
+
+def run_network(model, rgb: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    return model.enhance(x)[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+
+
+def tuned_global_curve(pairs) -> tuple[float, float]:
+    """The single (gamma, gain) that maximises the mean PSNR of clip(gain * x**gamma) over the pairs."""
+    small = [(fit_max_side(d, 128), fit_max_side(g, 128)) for d, g in pairs]
+    best = max(((gm, gn) for gm in GAMMAS for gn in GAINS),
+               key=lambda p: np.mean([psnr(np.clip(p[1] * d ** p[0], 0, 1), g) for d, g in small]))
+    return float(best[0]), float(best[1])
+
+
+def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> dict:
+    """{strength: {method: {psnr, ssim, luminance}} + the tuned curve} over the photos."""
+    table = {}
+    for strength, exposure in STRENGTHS.items():
+        pairs = [(degrade(rgb, np.random.default_rng([seed, i]), exposure=exposure), rgb) for i, (_, rgb) in enumerate(photos)]
+        gamma, gain = tuned_global_curve(pairs)
+        outputs = {"input": [d for d, _ in pairs], BASELINE: [np.clip(gain * d ** gamma, 0, 1) for d, _ in pairs]}
+        for name, model in models.items():
+            outputs[name] = [run_network(model, d) for d, _ in pairs]
+        table[strength] = {
+            name: {"psnr": float(np.mean([psnr(o, g) for o, (_, g) in zip(outs, pairs)])),
+                   "ssim": float(np.mean([ssim(o, g) for o, (_, g) in zip(outs, pairs)])),
+                   "luminance": float(np.mean([np.mean(o @ LUMA) for o in outs]))}
+            for name, outs in outputs.items()
+        }
+        table[strength][BASELINE].update(gamma=gamma, gain=gain)
+        table[strength]["truth luminance"] = float(np.mean([np.mean(g @ LUMA) for _, g in pairs]))
+    return table
+
+
+def markdown(title: str, table: dict, count: int) -> list[str]:
+    lines = [f"### {title} ({count} photos)", "", "| method | " + " | ".join(f"{s} (x{STRENGTHS[s]:g}) PSNR / SSIM / mean luma" for s in STRENGTHS) + " |",
+             "|---|" + "---|" * len(STRENGTHS)]
+    methods = [m for m in next(iter(table.values())) if m != "truth luminance"]
+    for m in methods:
+        cells = []
+        for s in STRENGTHS:
+            r = table[s][m]
+            extra = f" (gamma {r['gamma']:.2f}, gain {r['gain']:.2f})" if m == BASELINE else ""
+            cells.append(f"{r['psnr']:.2f} dB / {r['ssim']:.3f} / {r['luminance']:.3f}{extra}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("| (ground truth mean luma) | " + " | ".join(f"{table[s]['truth luminance']:.3f}" for s in STRENGTHS) + " |")
+    return lines + [""]
+
+
+def picture(rows: list[list[np.ndarray]], path: Path, cell_width: int) -> None:
+    """A grid of RGB images (rows of equal count), each scaled to ``cell_width``, as an 8-bit PNG."""
+    def fit(img):
+        h, w = img.shape[:2]
+        return cv2.resize(img, (cell_width, round(h * cell_width / w)), interpolation=cv2.INTER_AREA)
+
+    lines = []
+    for row in rows:
+        cells = [fit(c) for c in row]
+        height = max(c.shape[0] for c in cells)
+        cells = [np.pad(c, ((0, height - c.shape[0]), (0, 4), (0, 0)), constant_values=1.0) for c in cells]
+        lines.append(np.pad(np.concatenate(cells, axis=1), ((0, 4), (0, 0), (0, 0)), constant_values=1.0))
+    grid = np.round(np.concatenate(lines, axis=0) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="the trained checkpoint")
+    p.add_argument("--photos", help="folder of normal-light photos holding the held-out ones (the training folder)")
+    p.add_argument("--holdout", type=int, help="recompute the held-out names from --photos (default: the checkpoint's record)")
+    p.add_argument("--samples", default=str(REPO / "samples"), help="extra normal-light photos never trained on (default: samples/)")
+    p.add_argument("--lowlight", help="folder of real low-light photos (LIME/MEF)")
+    p.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this long side (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the degradation draws")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", help="write the markdown report here (and its .json beside it)")
+    p.add_argument("--picture", help="write the before/after picture of the sample photos here (PNG)")
+    p.add_argument("--lowlight-picture", help="write a picture of real low-light photos before/after here (PNG)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    trained = load_model(args.ckpt)
+    meta = torch.load(args.ckpt, weights_only=True).get("meta", {})
+    models = {"random network (same preset)": random_model(trained.config, 0), "trained network": trained}
+    report = [f"## Quality of `{Path(args.ckpt).name}`", "",
+              f"`python benchmarks/quality.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    results = {}
+    if args.photos:
+        every = {q.name: q for q in list_images(args.photos)}
+        names = holdout_names(sorted(every), args.holdout) if args.holdout is not None else meta.get("holdout") or []
+        if not names:
+            p.error("no held-out names: the checkpoint has no training record; pass --holdout N")
+        photos = [(n, load_rgb(every[n], args.max_side)) for n in names]
+        results["held-out"] = evaluate(photos, models, args.seed)
+        report += markdown("Held-out photos, synthetic low light", results["held-out"], len(photos))
+        report += ["Held out: " + ", ".join(names), ""]
+    samples = [(q.name, load_rgb(q, args.max_side)) for q in list_images(args.samples)] if args.samples else []
+    if samples:
+        results["samples"] = evaluate(samples, models, args.seed + 1)
+        report += markdown("CC0 sample photos (samples/), synthetic low light", results["samples"], len(samples))
+    if args.picture and samples:
+        rows = []
+        for i, (_, rgb) in enumerate(samples):
+            strength = list(STRENGTHS)[i % len(STRENGTHS)]
+            dark = degrade(rgb, np.random.default_rng([args.seed + 1, i]), exposure=STRENGTHS[strength])
+            rows.append([dark, run_network(trained, dark), rgb])
+        picture(rows, Path(args.picture), 224)
+    if args.lowlight:
+        real = [(q, load_rgb(q, args.max_side)) for q in list_images(args.lowlight)]
+        outs = [run_network(trained, rgb) for _, rgb in real]
+        before = [float(np.mean(rgb @ LUMA)) for _, rgb in real]
+        after = [float(np.mean(o @ LUMA)) for o in outs]
+        results["lowlight"] = {"count": len(real), "luminance_before": float(np.mean(before)), "luminance_after": float(np.mean(after)),
+                               "per_photo": {q.name: [b, a] for (q, _), b, a in zip(real, before, after)}}
+        report += [f"### Real low-light photos ({len(real)}, {args.lowlight}): no ground truth", "",
+                   f"Mean luminance {np.mean(before):.3f} before, {np.mean(after):.3f} after "
+                   f"(per photo: min {min(after):.3f}, max {max(after):.3f} after).", ""]
+        if args.lowlight_picture:
+            picture([[rgb, o] for (_, rgb), o in list(zip(real, outs))[::3]], Path(args.lowlight_picture), 256)
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from contract.graph import PAD_MULTIPLE
 from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE, InputError, ToolkitError
 from contract.images import ImageError, list_images, load_rgb
 
@@ -292,7 +293,7 @@ def parse_args(argv: list[str]):
     budget.add_argument("--stage-minutes", type=str, help="S1,S2: minutes per stage")
     budget.add_argument("--iters", type=str, help="N1,N2: steps per stage (reproducible for a seed and --threads)")
     p.add_argument("--stage1-share", type=float, default=0.35, help="share of --minutes for stage 1 (default 0.35)")
-    p.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 32 (default 128)")
+    p.add_argument("--crop", type=int, default=128, help=f"training crop side, a multiple of {PAD_MULTIPLE} (default 128)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=float, default=0.1, help="share of stage 1 trained without quantization before k-means")
@@ -323,7 +324,7 @@ def parse_args(argv: list[str]):
         if not 0 < args.stage1_share < 1:
             p.error(f"--stage1-share must be between 0 and 1; got {args.stage1_share}")
         args.stage_minutes = (args.minutes * args.stage1_share, args.minutes * (1 - args.stage1_share))
-    for flag, value, ok in (("--crop", args.crop, args.crop >= 32 and args.crop % 32 == 0),
+    for flag, value, ok in (("--crop", args.crop, args.crop >= PAD_MULTIPLE and args.crop % PAD_MULTIPLE == 0),
                             ("--batch", args.batch, args.batch >= 1), ("--threads", args.threads, args.threads >= 1),
                             ("--lr", args.lr, 0 < args.lr < 1), ("--warmup", args.warmup, 0 <= args.warmup < 1),
                             ("--save-every", args.save_every, args.save_every > 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):

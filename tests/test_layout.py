@@ -88,9 +88,6 @@ ALLOWED = {
     ("benchmarks/harness/compare.py", "image"): "results row key",
     ("benchmarks/harness/report.py", "image"): "results row key and column title",
     ("benchmarks/fp16_fidelity.py", "image"): "results row key",
-    # The training script is being written in parallel (not this package's inference path); its crop check and
-    # help text should use contract.graph.PAD_MULTIPLE once that work lands.
-    ("codeenhance/train.py", PAD): "training crop multiple, pending the training change",
 }
 
 

@@ -20,8 +20,7 @@ import time
 
 import numpy as np
 
-from contract.sizes import size_argument
-
+from contract import cli as common
 
 BACKENDS = ("aoti", "onnxruntime", "torch")
 
@@ -65,14 +64,15 @@ def peak_rss_child(name: str, args) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True)
+    p = common.parser("python benchmarks/aoti_cpu.py", __doc__)
+    common.add_checkpoint(p)
     p.add_argument("--pt2", required=True)
     p.add_argument("--onnx", required=True)
-    p.add_argument("--size", type=size_argument, default=(256, 256))
+    p.add_argument("--size", type=common.size, default=(256, 256))
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    common.add_threads(p, default=2)
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -7,7 +7,6 @@ Default checkpoint: ../shared/golden/checkpoint.pth when present, else a freshly
 """
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import sys
@@ -19,16 +18,18 @@ import torch
 
 import codeenhance
 from benchmarks.harness.specs import parse_size
+from contract import cli as common
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "checkpoint.pth"
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=Path)
+    p = common.parser("python benchmarks/eager_cpu.py", __doc__)
+    common.add_checkpoint(p, required=False, type=Path, help="checkpoint (default: see above)")
     p.add_argument("--sizes", default="256x256,400x600")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    common.add_threads(p, default=torch.get_num_threads())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 

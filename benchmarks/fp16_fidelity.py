@@ -12,7 +12,6 @@ mean PSNR >= 45 dB, worst >= 40 dB, no NaN/Inf; code agreement is reported besid
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 from export import fidelity
+from contract import cli as common
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "lowlight"
 
@@ -104,15 +104,16 @@ def table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/fp16_fidelity.py", __doc__)
     p.add_argument("--fp32", type=Path, required=True, help="the FP32 reference graph")
     p.add_argument("--fp16", action="append", type=labelled, required=True, metavar="[LABEL=]ONNX",
                    help="a reduced-precision graph to compare (repeatable)")
     p.add_argument("--images", type=Path, help=f"folder of photos, searched recursively (default {DEFAULT_IMAGES})")
     p.add_argument("--max-side", type=int, default=256, help="downscale photos to this longer side (default 256)")
     p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    common.add_threads(p, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--json", type=Path, help="write per-image rows and summaries here")
     args = p.parse_args(argv)
     for path in [args.fp32, *(path for _, path in args.fp16)]:

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import machine, specs  # light: no torch, so the worker starts lean
+from contract import cli as common
+from contract.errors import InputError
 from contract.graph import INPUT_W_STYLE, INPUT_W_TEXTURE
 from benchmarks.harness.artifacts import ArtifactError, Artifacts  # imports its tools lazily
 
@@ -38,10 +40,9 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "local"  # ignored by benchmarks
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python benchmarks/latency.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/latency.py", __doc__)
     src = p.add_argument_group("what to run")
-    src.add_argument("--ckpt", type=Path, help="checkpoint (default: an untrained demo checkpoint of --preset)")
+    common.add_checkpoint(src, required=False, type=Path, help="checkpoint (default: an untrained demo checkpoint of --preset)")
     src.add_argument("--onnx", type=Path, help="fp32 graph for 'onnxruntime' (default: exported from the checkpoint "
                      "with the codes output)")
     src.add_argument("--onnx-fp16", type=Path, help="mixed-precision graph (default: made from the fp32 graph by "
@@ -54,21 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="size of the demo checkpoint when --ckpt is not given (tiny: for tests)")
     src.add_argument("--opset", type=int, help="ONNX opset for exports made here (default: export.onnx's)")
     data = p.add_argument_group("inputs")
-    data.add_argument("--sizes", default="64x64,128x128",
-                      help="comma list of HxW or 720p/1080p/1440p/4k (default 64x64,128x128)")
-    data.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    common.add_sizes(data, default="64x64,128x128",
+                     help="comma list of HxW or 720p/1080p/1440p/4k (default 64x64,128x128)")
+    data.add_argument("--batch", type=common.positive_int, default=1, help="images per call (default 1)")
     data.add_argument("--images", type=Path, help="folder of real images, centre-cropped and resized to each size "
                       "(default: synthetic low-light scenes)")
-    data.add_argument("--num-images", type=int, default=3, help="images compared per size (default 3)")
+    data.add_argument("--num-images", type=common.positive_int, default=3, help="images compared per size (default 3)")
     run = p.add_argument_group("measurement")
-    run.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (default 1)")
-    run.add_argument("--iters", type=int, default=3, help="timed calls per backend and size (default 3)")
-    run.add_argument("--threads", type=int, default=machine.usable_cpus(),
-                     help=f"intra-op threads for torch and onnxruntime (default: usable CPUs, {machine.usable_cpus()})")
-    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    run.add_argument("--timeout", type=float, default=3600, help="seconds per measurement process (default 3600)")
+    run.add_argument("--warmup", type=common.non_negative_int, default=1, help="untimed calls after the first (default 1)")
+    run.add_argument("--iters", type=common.positive_int, default=3, help="timed calls per backend and size (default 3)")
+    common.add_threads(run, default=machine.usable_cpus(),
+                       help=f"intra-op threads for torch and onnxruntime (default: usable CPUs, {machine.usable_cpus()})")
+    common.add_device(run, choices=("cpu", "cuda"), default="cpu", help="where the backends run (default cpu)")
+    run.add_argument("--timeout", type=common.positive_float, default=3600, help="seconds per measurement process (default 3600)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    common.add_output(out, required=False, default=DEFAULT_OUT, overwrite_help=None,
+                      help=f"results folder (default {DEFAULT_OUT})")
     out.add_argument("--artifacts", type=Path, help="keep made checkpoints/graphs/engines here and reuse them on "
                      "the next run (default: a temporary folder, removed at the end)")
     p.add_argument("--_worker", metavar="JOB", help=argparse.SUPPRESS)  # internal: one measurement process
@@ -78,16 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    args.size_list = args.sizes
     try:
-        args.size_list = specs.parse_sizes(args.sizes)
         args.backend_list = specs.parse_backends(args.backends)
     except ValueError as e:
         p.error(str(e))
-    for name in ("batch", "num_images", "iters", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
     if args.images is not None and not args.images.is_dir():
         p.error(f"--images {args.images} is not a folder")
     given = [f"--{n.replace('_', '-')}" for n in ("onnx", "onnx_fp16", "engine") if getattr(args, n)]
@@ -226,6 +223,9 @@ def run_benchmark(args, argv: list[str]) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but this torch build sees no CUDA GPU; the reference cannot run", file=sys.stderr)
         return 2
+    blocker = next(p for p in (args.out, *args.out.absolute().parents) if p.exists())
+    if not blocker.is_dir():
+        raise InputError(f"--out {args.out}: {blocker} is a file; name a folder for the results")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="codeenhance-latency-") as work:
         try:
@@ -251,7 +251,7 @@ def measure_and_compare(args, work: Path, cuda_available: bool) -> dict:
     names, input_paths = save_inputs(args, work)
     raw = measure_all(args, entries, prepare_artifacts(entries, artifacts), input_paths, work)
     compare_all(entries, raw, names)
-    settings = {k: v for k, v in vars(args).items() if k not in ("size_list", "backend_list", "_worker")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("size_list", "backend_list", "_worker", "debug")}
     settings.update(sizes=[specs.size_label(hw) for hw in args.size_list], backends=args.backend_list)
     return {
         "machine": {**info, "load_average_end": machine.load_average()},
@@ -293,6 +293,7 @@ def write_outputs(results: dict, out: Path) -> None:
           file=sys.stderr)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)

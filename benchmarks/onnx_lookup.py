@@ -29,9 +29,9 @@ import numpy as np
 
 from benchmarks.harness import specs
 from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, padded_size
-from contract.sizes import size_argument
 from runtime import onnxruntime_backend
 from benchmarks.harness.worker import peak_rss_mb
+from contract import cli as common
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "checkpoint.pth"
@@ -214,21 +214,17 @@ def stage_table(stage_peaks: dict, args) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.onnx_lookup", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="checkpoint (default: the golden one if present, else a demo checkpoint)")
-    p.add_argument("--latency-size", type=size_argument, default=(256, 256), help="HxW for latency (default 256x256)")
-    p.add_argument("--memory-size", type=size_argument, default=(1024, 1024), help="HxW for peak memory (default 1024x1024)")
+    p = common.parser("python benchmarks/onnx_lookup.py", __doc__)
+    common.add_checkpoint(p, required=False, help="checkpoint (default: the golden one if present, else a demo checkpoint)")
+    p.add_argument("--latency-size", type=common.size, default=(256, 256), help="HxW for latency (default 256x256)")
+    p.add_argument("--memory-size", type=common.size, default=(1024, 1024), help="HxW for peak memory (default 1024x1024)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per graph (default 3; best is reported)")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    p.add_argument("--repeats", type=common.positive_int, default=3, help="timed runs per graph (default 3; best is reported)")
+    common.add_threads(p, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--no-arena", action="store_true", help="disable ONNX Runtime's CPU memory arena (both graphs)")
     p.add_argument("--workdir", help="where the two graphs are written and reused (default: a temp dir)")
     p.add_argument("--measure-peak", metavar="ONNX", help=argparse.SUPPRESS)  # child mode of the memory runs
-    args = p.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        p.error("--repeats and --threads must be >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -255,6 +251,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         print(stage_table(stage_peaks, args))
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure_peak:

@@ -13,7 +13,6 @@ reduced precision must meet (export.fidelity.REDUCED_PRECISION_BAR: the image ag
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np
 from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, WEIGHT_NAMES
 from contract.sizes import parse_size
 from export import fidelity
+from contract import cli as common
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "lowlight"
@@ -78,15 +78,16 @@ class Int8Model:
                             if r["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul")))
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/openvino_int8.py", __doc__)
     p.add_argument("--onnx", type=Path, required=True, help="fp32 graph exported --with-codes")
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    p.add_argument("--calib-count", type=int, default=8)
+    common.add_calibration(p, count_default=8, size_default=None, folder=False, what="int8 quantization: ")
     p.add_argument("--max-side", type=int, default=256)
     p.add_argument("--size", default="256x256")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    common.add_threads(p, default=2)
     p.add_argument("--out-ir", type=Path, help="keep the int8 IR here (default: a temporary folder)")
     args = p.parse_args(argv)
     try:

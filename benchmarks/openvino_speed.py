@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import cli as common
 from contract.sizes import parse_size
 from export import fidelity
 
@@ -197,13 +198,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/openvino_speed.py", __doc__)
     p.add_argument("--onnx", type=Path, required=True, help="the fp32 graph (exported --with-codes)")
-    p.add_argument("--ckpt", type=Path, help="export --onnx from this checkpoint first when it does not exist")
+    common.add_checkpoint(p, required=False, type=Path, help="export --onnx from this checkpoint first when it does not exist")
     p.add_argument("--sizes", default="256x256,720p", help="HxW list for speed (720p, 1080p accepted)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    common.add_threads(p, default=2)
     p.add_argument("--rss-sizes", default="256x256,720p", help="input sizes of the peak-memory runs ('' to skip)")
     p.add_argument("--ir", type=Path, help="the bf16 IR for the ov-bf16-ir memory rows (default: written by "
                                            "export.openvino into a temporary folder, removed at the end)")

@@ -11,7 +11,6 @@ Default checkpoint: ../shared/golden/checkpoint.pth.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 from benchmarks.harness.inputs import PHOTO_DIR, SHARED, load_photo
 from export.fidelity import code_agreement, list_images, to_8bit
 from runtime.enhancer import to_model_input
+from contract import cli as common
 
 CODE_CELL = 4  # codes are at 1/4 of the padded resolution
 
@@ -59,14 +59,15 @@ def compare_backends(reference, candidate, photos, *, w_texture=1.0, w_style=1.0
     return rows
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", type=Path, default=SHARED / "golden" / "checkpoint.pth")
+    p = common.parser("python benchmarks/runtime_fidelity.py", __doc__)
+    common.add_checkpoint(p, required=False, type=Path, default=SHARED / "golden" / "checkpoint.pth")
     p.add_argument("--onnx", type=Path, default=REPO / "out" / "golden_codes.onnx")
     p.add_argument("--photos", type=int, default=26, help="how many photos (sorted by path), default all")
     p.add_argument("--longest", type=int, default=256, help="downscale to this longest side (0: full size)")
     p.add_argument("--radius", type=int, default=4, help="code cells around a changed code left out")
-    p.add_argument("--threads", type=int, default=2)
+    common.add_threads(p, default=2)
     args = p.parse_args(argv)
 
     from runtime.onnxruntime_backend import OnnxRuntimeBackend

@@ -12,7 +12,6 @@ Prints a Markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from benchmarks.harness.inputs import PHOTO_DIR, SHARED, load_photo
 from export.fidelity import list_images, psnr
 from runtime import Enhancer, create_backend
+from contract import cli as common
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,14 +30,15 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in item.split(":")) for item in text.split(",")]
 
 
+@common.run_main
 def main(argv=None) -> int:
     onnx = REPO / "out" / "golden_codes.onnx"
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/tiling.py", __doc__)
     p.add_argument("--model", type=Path, default=onnx if onnx.exists() else SHARED / "golden" / "checkpoint.pth")
     p.add_argument("--photos", type=int, default=6, help="evenly spaced subset of the sorted photos")
     p.add_argument("--longest", type=int, default=256, help="downscale to this longest side (0: full size)")
     p.add_argument("--configs", default="95:16,127:16,127:32,191:32,127:0", help="tile:overlap,...")
-    p.add_argument("--threads", type=int, default=2)
+    common.add_threads(p, default=2)
     args = p.parse_args(argv)
 
     every = list_images(PHOTO_DIR)

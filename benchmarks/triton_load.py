@@ -11,7 +11,6 @@ exported to the work folder (untrained weights: speed only). Only 127.0.0.1 is c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -26,6 +25,7 @@ from export.triton import PYTHON_MODEL, Serving, write_repository
 from runtime import Enhancer
 from runtime.serve import TritonServer, free_port
 from runtime.triton_backend import TritonBackend
+from contract import cli as common
 
 
 def tiny_model(workdir: Path) -> Path:
@@ -100,8 +100,9 @@ def run_level(make_enhancer, images, expected, clients: int, requests: int, time
             "max_8bit_diff": state["max_diff"]}
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python benchmarks/triton_load.py", __doc__)
     p.add_argument("--model", type=Path, help="ONNX graph (default: the tiny preset, exported to --workdir)")
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument("--size", default="192x256", help="HxW of every image (default 192x256)")
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--time-limit", type=float, default=90.0, help="seconds per level at most (default 90)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--delay-us", type=int, default=5000, help="dynamic batching queue delay (default 5000)")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    common.add_output(p, required=False, overwrite_help=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
     levels = [int(c) for c in args.clients.split(",")]

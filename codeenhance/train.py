@@ -8,7 +8,6 @@ stage1.pth when stage 1 ends, and train_log.jsonl. Ctrl-C saves and exits 130; -
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from contract.graph import PAD_MULTIPLE
+from contract import cli as common
 from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE, InputError, ToolkitError
 from contract.images import ImageError, list_images, load_rgb
 
@@ -283,10 +283,9 @@ class Trainer:
 
 
 def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(prog="python -m codeenhance.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m codeenhance.train", __doc__)
     p.add_argument("--photos", required=True, help="folder of normal-light photos (searched recursively)")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, state, log)")
+    common.add_output(p, help="run folder (checkpoints, state, log)", overwrite_help=None)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="total wall-clock budget, split between the stages by --stage1-share")
@@ -299,7 +298,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--warmup", type=float, default=0.1, help="share of stage 1 trained without quantization before k-means")
     p.add_argument("--holdout", type=int, default=10, help="photos kept out for evaluation, spread over the sorted names")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    common.add_threads(p, default=torch.get_num_threads())
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints (default 5)")
     p.add_argument("--log-every", type=int, default=25, help="steps between train_log.jsonl lines (default 25)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -325,7 +324,7 @@ def parse_args(argv: list[str]):
             p.error(f"--stage1-share must be between 0 and 1; got {args.stage1_share}")
         args.stage_minutes = (args.minutes * args.stage1_share, args.minutes * (1 - args.stage1_share))
     for flag, value, ok in (("--crop", args.crop, args.crop >= PAD_MULTIPLE and args.crop % PAD_MULTIPLE == 0),
-                            ("--batch", args.batch, args.batch >= 1), ("--threads", args.threads, args.threads >= 1),
+                            ("--batch", args.batch, args.batch >= 1),
                             ("--lr", args.lr, 0 < args.lr < 1), ("--warmup", args.warmup, 0 <= args.warmup < 1),
                             ("--save-every", args.save_every, args.save_every > 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):
         if not ok:
@@ -333,6 +332,7 @@ def parse_args(argv: list[str]):
     return args
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)

@@ -23,7 +23,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .errors import ToolkitError
+from .errors import BadArtifactError
 from .files import json_object
 from .graph import PAD_MULTIPLE, padded_size
 
@@ -42,8 +42,8 @@ REBUILD = "rebuild it with `python -m export.aoti`"
 CPU_CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
 
 
-class StalePackageError(ToolkitError):
-    """A package built for another torch, device or checkpoint, or one without our metadata."""
+# A package built for another torch, device or checkpoint, or one without our metadata: a bad artifact.
+StalePackageError = BadArtifactError
 
 
 def bucket_name(padded_hw: tuple[int, int]) -> str:

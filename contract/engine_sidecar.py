@@ -20,15 +20,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ToolkitError
+from .errors import BadArtifactError
 from .files import json_object, write_bytes_atomically
 from .optional import MissingDependency, import_cudart
 
 SIDECAR_SCHEMA = 1
 
 
-class StaleEngineError(ToolkitError):
-    """An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell)."""
+# An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell): a bad artifact.
+StaleEngineError = BadArtifactError
 
 
 @dataclass(frozen=True)

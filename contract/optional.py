@@ -1,14 +1,10 @@
 """Optional heavy dependencies, imported where they are used, with one install hint each."""
 from __future__ import annotations
 
-from .errors import ToolkitError
+from .errors import MissingDependency  # noqa: F401  (importable from here too)
 
 TENSORRT_HINT = ('pip install "codeenhance-deploy[tensorrt]" (TensorRT, Polygraphy and cuda-python; needs an NVIDIA '
                  "GPU and driver)")
-
-
-class MissingDependency(ToolkitError, ImportError):
-    """An optional package that this use needs is not installed; the message says how to install it."""
 
 
 def import_tensorrt():

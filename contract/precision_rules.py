@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .errors import ToolkitError
+from .errors import InputError
 from .graph import FP32_ISLANDS
 
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -30,7 +30,7 @@ STAT_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
 STAT_FORWARD_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Max", "Cast"}
 
 
-class PrecisionError(ToolkitError):
+class PrecisionError(InputError):
     """A conversion that cannot be done (input, output, options), with the reason."""
 
 

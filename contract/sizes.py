@@ -25,20 +25,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return values
 
 
-
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """A comma list of sizes, in order, without repeats; InputError for a bad one or an empty list."""
     sizes = [parse_size(part) for part in text.split(",") if part.strip()]
     if not sizes:
         raise InputError("the size list is empty")
     return list(dict.fromkeys(sizes))
-
-
-def size_argument(text: str) -> tuple[int, int]:
-    """``parse_size`` as an argparse ``type``: a bad size is a usage error that says why."""
-    import argparse
-
-    try:
-        return parse_size(text)
-    except InputError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None

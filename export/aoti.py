@@ -21,7 +21,6 @@ when it is loaded. A C++ compiler is needed to build (and only to build).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -38,12 +37,13 @@ from torch import nn
 
 import codeenhance
 import codeenhance.network
-from codeenhance import CheckpointError, CodeEnhance
+from codeenhance import CodeEnhance
 from codeenhance.padding import padded_size, symmetric_indices
 from contract.aoti_package import DYNAMIC_MODEL, META_NAME, META_PAD_MULTIPLE, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
 from contract import sizes as contract_sizes
-from contract.errors import InputError
+from contract import cli as common
+from contract.errors import InputError, MissingDependency
 from contract.graph import FP16, FP32, INPUT_NAMES, PAD_MULTIPLE, reported_precision
 
 from .graph import EnhanceGraph, capture
@@ -61,8 +61,8 @@ PADDING_RULE = (
 )
 
 
-class CompilerMissing(ExportError):
-    """No C++ compiler: AOTInductor cannot build the package here."""
+# No C++ compiler: AOTInductor cannot build the package here.
+CompilerMissing = MissingDependency
 
 
 def find_compiler() -> str | None:
@@ -296,22 +296,21 @@ def export_aoti(
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m export.aoti", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="CodeEnhance generator checkpoint (BasicSR net_g .pth)")
-    p.add_argument("--out", required=True, help="the .pt2 package to write")
-    p.add_argument("--device", default="cpu", choices=DEVICES, help="device the kernels are compiled for (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="fp32 (default) or fp16 with FP32 islands (CUDA only)")
-    p.add_argument("--sizes", default=None,
+    p = common.parser("python -m export.aoti", __doc__)
+    common.add_checkpoint(p)
+    common.add_output(p, help="the .pt2 package to write", overwrite_help="replace an existing output file")
+    common.add_device(p, default="cpu", choices=DEVICES, help="device the kernels are compiled for (default cpu)")
+    common.add_precision(p, default="fp32", choices=tuple(PRECISIONS),
+                         help="fp32 (default) or fp16 with FP32 islands (CUDA only)")
+    common.add_sizes(p, parse=False,
                    help=f"image sizes HxW[,HxW...] (720p, 1080p too); each gives the static bucket of its padded size "
                         f"(default {DEFAULT_SIZES} unless --dynamic)")
     p.add_argument("--dynamic", action="store_true", help="also compile one program with dynamic N, H, W (slow to compile)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest batch of the buckets (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return p.parse_args(argv)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -319,12 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         out = export_aoti(args.ckpt, args.out, device=args.device, precision=args.precision, sizes=sizes,
                           dynamic=args.dynamic, max_batch=args.max_batch, overwrite=args.overwrite)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ExportError as e:
-        print(f"error: {e}; nothing was written to {args.out}", file=sys.stderr)
-        return 2
+    except (ExportError, MissingDependency) as e:
+        raise e.also(f"nothing was written to {args.out}")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.device}, {args.precision}) "
           f"in {time.perf_counter() - start:.0f} s")
     return 0

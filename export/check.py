@@ -8,7 +8,6 @@ NonZero. INT64 graph I/O is a warning (the parser wants INT64 bindings for it). 
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from pathlib import Path
 import onnx
 
 from contract import formats
-from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError
+from contract import cli as common
+from contract.errors import EXIT_OK, EXIT_PARTIAL, InputError
 from contract.precision_rules import GraphIndex, index_graph
 
 # Operators the TensorRT ONNX parser imports (the part of docs/operators.md relevant to exported CNN/transformer
@@ -235,19 +235,16 @@ def check_file(path: str | Path, *, forbidden=FORBIDDEN_OPS, label: str | None =
     return check_model(load_onnx_file(path), label or str(path), forbidden=forbidden)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m export.check", __doc__)
     p.add_argument("onnx", help="the .onnx file to check")
     p.add_argument("--allow", action="append", default=[], metavar="OP", help="accept a contract-forbidden op (e.g. ScatterElements for the one-hot baseline); repeatable")
     args = p.parse_args(argv)
     unknown = sorted(set(args.allow) - FORBIDDEN_OPS)
     if unknown:
         p.error(f"--allow takes one of {', '.join(sorted(FORBIDDEN_OPS))}; got {', '.join(unknown)}")
-    try:
-        report = check_file(args.onnx, forbidden=FORBIDDEN_OPS - set(args.allow))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    report = check_file(args.onnx, forbidden=FORBIDDEN_OPS - set(args.allow))
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_PARTIAL
 

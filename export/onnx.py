@@ -23,8 +23,9 @@ import onnx
 import torch
 
 import codeenhance
-from codeenhance import CheckpointError, CodeEnhance
-from contract.errors import EXIT_OK, EXIT_PARTIAL, ToolkitError
+from codeenhance import CodeEnhance
+from contract import cli as common
+from contract.errors import EXIT_OK, InputError, NotFaithfulError
 from contract.files import AtomicOutput, file_sha256
 from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, PAD_MULTIPLE
 
@@ -45,14 +46,12 @@ IN_MEMORY = "none: exported from an in-memory model"
 Validator = Callable[[onnx.ModelProto, CodeEnhance], None]  # the in-memory graph, before it is written
 
 
-class ExportError(ToolkitError):
+class ExportError(InputError):
     """An export that cannot be done (options, output path), with the reason."""
 
 
-class GraphRejected(ExportError):
-    """The exported graph failed the TensorRT check or the ONNX Runtime verification."""
-
-    exit_code = EXIT_PARTIAL
+class GraphRejected(NotFaithfulError, ExportError):
+    """The exported graph failed the TensorRT check or the ONNX Runtime verification (exit 1)."""
 
 
 def check_opset(opset: int) -> int:
@@ -204,23 +203,20 @@ def cli_validator(*, verify: bool, atol: float, threads: int, lookup: str) -> Va
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="CodeEnhance generator checkpoint (BasicSR net_g .pth)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p = common.parser("python -m export.onnx", __doc__)
+    common.add_checkpoint(p)
+    common.add_output(p, help="the .onnx file to write", overwrite_help="replace an existing output file")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     p.add_argument("--with-codes", action="store_true", help=f"add the int32 {OUTPUT_CODES!r} output [N,1,Hp/4,Wp/4]")
     p.add_argument("--lookup", choices=LOOKUPS, default="gather",
                    help="nearest-code lookup: gather (default) or onehot (the original's scatter/one-hot, a benchmark baseline)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"max abs error allowed in verification (default {DEFAULT_ATOL:g})")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads for verification (default 2)")
-    args = p.parse_args(argv)
-    if args.atol < 0:
-        p.error(f"--atol must be >= 0, got {args.atol}")
-    return args
+    p.add_argument("--atol", type=common.finite_float(0), default=DEFAULT_ATOL, help=f"max abs error allowed in verification (default {DEFAULT_ATOL:g})")
+    common.add_threads(p, default=2, help="ONNX Runtime intra-op threads for verification (default 2)")
+    return p.parse_args(argv)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     validate = cli_validator(verify=not args.no_verify, atol=args.atol, threads=args.threads, lookup=args.lookup)
@@ -229,12 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             args.ckpt, args.out, opset=args.opset, with_codes=args.with_codes, lookup=args.lookup,
             overwrite=args.overwrite, validate=validate,
         )
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
     except ExportError as e:
-        print(f"error: {e}; nothing was written to {args.out}", file=sys.stderr)
-        return e.exit_code
+        raise e.also(f"nothing was written to {args.out}")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, lookup {args.lookup})")
     return EXIT_OK
 

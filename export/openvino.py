@@ -18,8 +18,6 @@ bar the command says what it measured and exits 1 with nothing written.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -27,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.errors import EXIT_OK, EXIT_PARTIAL, ToolkitError
+from contract import cli as common
+from contract.errors import EXIT_OK, InputError, NotFaithfulError, ToolkitError
 
 from . import fidelity
 from .precision import PrecisionError, check_paths, load_codeenhance_graph
@@ -35,14 +34,9 @@ from .precision import PrecisionError, check_paths, load_codeenhance_graph
 BAR = fidelity.REDUCED_PRECISION_BAR
 
 
-class OpenVINOExportError(ToolkitError):
-    """An IR that cannot be written, with the reason."""
-
-
-class NotFaithfulError(OpenVINOExportError):
-    """A bf16 IR below the fidelity bar: nothing is written (exit 1, like a rejected graph)."""
-
-    exit_code = EXIT_PARTIAL
+# An IR that cannot be written (options, paths, the source graph), with the reason: a bad input. A bf16 IR below
+# the fidelity bar is a NotFaithfulError: nothing is written (exit 1, like a rejected graph).
+OpenVINOExportError = InputError
 
 
 def bf16_fidelity(src: Path, ir: Path, images, threads: int | None) -> dict:
@@ -118,41 +112,35 @@ def export_ir(src: Path, out: Path, precision: str = "bf16", keep_fp32=(), overw
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m export.openvino", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m export.openvino", __doc__)
     p.add_argument("model", type=Path, help="FP32 ONNX graph from python -m export.onnx")
-    p.add_argument("--out", type=Path, required=True, help="the IR .xml to write (its .bin goes beside it)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    common.add_output(p, help="the IR .xml to write (its .bin goes beside it)", overwrite_help="replace an existing IR")
+    common.add_precision(p, choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--keep-fp32", action="append", default=[], metavar="OPS/NODES",
                    help="more op types or node names (shell patterns) to keep fp32 under bf16; comma-separated, repeatable")
-    p.add_argument("--calib", type=Path, help="bf16: folder of photos for the fidelity check (default: synthetic low-light images)")
-    p.add_argument("--calib-count", type=int, default=4, help="bf16: calibration images (default 4)")
-    p.add_argument("--calib-size", type=int, default=256, help="bf16: longer side of the calibration images (default 256)")
-    p.add_argument("--min-psnr", type=float, default=BAR.psnr_mean, help=f"bf16 bar: mean PSNR vs fp32 (default {BAR.psnr_mean:g} dB)")
-    p.add_argument("--min-worst-psnr", type=float, default=BAR.psnr_worst,
+    common.add_calibration(p, count_default=4, what="bf16 fidelity check: ")
+    p.add_argument("--min-psnr", type=common.finite_float(), default=BAR.psnr_mean, help=f"bf16 bar: mean PSNR vs fp32 (default {BAR.psnr_mean:g} dB)")
+    p.add_argument("--min-worst-psnr", type=common.finite_float(), default=BAR.psnr_worst,
                    help=f"bf16 bar: PSNR of the worst image vs fp32 (default {BAR.psnr_worst:g} dB)")
-    p.add_argument("--min-code-agreement", type=float, default=BAR.code_agreement,
+    p.add_argument("--min-code-agreement", type=common.finite_float(0, 1), default=BAR.code_agreement,
                    help="bf16 bar: mean code agreement vs fp32, 0..1 (default 0: reported, not gated; needs a graph with codes)")
-    p.add_argument("--threads", type=int, help="threads for the checks")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing IR")
+    common.add_threads(p, help="threads for the checks")
     args = p.parse_args(argv)
     args.keep_fp32 = [t.strip() for item in args.keep_fp32 for t in item.split(",") if t.strip()]
-    if args.calib_count < 1 or args.calib_size < 32 or not 0 <= args.min_code_agreement <= 1:
-        p.error("--calib-count must be >= 1, --calib-size >= 32 and --min-code-agreement within 0..1")
-    if not all(math.isfinite(v) for v in (args.min_psnr, args.min_worst_psnr)):
-        p.error("--min-psnr and --min-worst-psnr must be finite numbers of dB (0 accepts any finite image)")
     args.bar = fidelity.FidelityBar(args.min_psnr, args.min_worst_psnr, args.min_code_agreement)
     return args
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
         result = export_ir(a.model, a.out, a.precision, a.keep_fp32, a.overwrite, a.threads, a.calib, a.calib_count,
                            a.calib_size, a.bar)
-    except (ToolkitError, ValueError) as e:
-        print(f"error: {e}; nothing was written", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
+    except ToolkitError as e:
+        raise e.also("nothing was written")
+    except ValueError as e:
+        raise InputError(f"{e}; nothing was written") from e
     nodes = result["runtime_precision"]["compute_nodes"]
     print(f"wrote {result['ir']} (+ .bin, {result['bin_mib']:.1f} MiB), {result['precision']}, OpenVINO {result['openvino']}")
     if a.precision == "bf16":

@@ -15,7 +15,6 @@ I/O names and types before it is moved into place.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -28,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from contract import cli as common
 from contract.errors import EXIT_OK, InputError
 from contract.files import AtomicOutput
 from contract.graph import FP16, FP32, META_PRECISION, check_io, reported_precision
@@ -278,29 +278,24 @@ def check_paths(src: Path, out: Path, calib, overwrite: bool) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m export.precision", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m export.precision", __doc__)
     add = p.add_argument
     add("model", type=Path, help="FP32 ONNX graph from python -m export.onnx")
-    add("--out", type=Path, required=True, help="the FP16 .onnx to write")
-    add("--calib", type=Path, help="folder of calibration images (default: synthetic low-light images)")
-    add("--calib-count", type=int, default=6, help="calibration images to use (default 6)")
-    add("--calib-size", type=int, default=256, help="longer side of the calibration images (default 256)")
+    common.add_output(p, help="the FP16 .onnx to write", overwrite_help="replace an existing --out file")
+    common.add_calibration(p, count_default=6)
     add("--keep-fp32", action="append", default=[], metavar="OPS/NODES",
         help="op types or node names (shell patterns allowed) to keep in FP32; comma-separated, repeatable")
-    add("--data-max", type=float, default=DEFAULT_DATA_MAX, help=f"FP32 above this calibrated |x| (default {DEFAULT_DATA_MAX:g})")
+    add("--data-max", type=common.positive_float, default=DEFAULT_DATA_MAX, help=f"FP32 above this calibrated |x| (default {DEFAULT_DATA_MAX:g})")
     add("--backend", choices=BACKENDS, default="auto", help="auto: ModelOpt AutoCast if installed, else onnxconverter-common")
     add("--plain", action="store_true", help="no FP32 islands: the converter's own all-FP16 result, for comparison")
-    add("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
-    add("--overwrite", action="store_true", help="replace an existing --out file")
+    common.add_threads(p, default=2, help="ONNX Runtime threads (default 2)")
     add("--report", type=Path, help="report JSON (a .md summary goes beside it); default OUT.precision.json")
     args = p.parse_args(argv)
     args.keep_fp32 = [t.strip() for item in args.keep_fp32 for t in item.split(",") if t.strip()]
-    if args.calib_count < 1 or args.calib_size < 32 or args.data_max <= 0:
-        p.error("--calib-count must be >= 1, --calib-size >= 32 and --data-max > 0")
     return args
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
@@ -308,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                      plain=a.plain, calib_count=a.calib_count, calib_size=a.calib_size, threads=a.threads,
                      overwrite=a.overwrite, report=a.report)
     except PrecisionError as e:
-        print(f"error: {e}; nothing was written", file=sys.stderr)
-        return e.exit_code
+        raise e.also("nothing was written")
     return EXIT_OK
 
 

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contract import cli as common
 from contract import optional
-from contract.errors import ToolkitError
+from contract.errors import (EXIT_FAILED, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE, BackendError,
+                             ToolkitError)
 from contract.engine_sidecar import (
     GpuInfo,
     StaleEngineError,
@@ -54,7 +56,6 @@ from .trt_plan import (
     default_engine_path,
     engine_key,
     format_shape,
-    parse_hw,
     trt_major,
 )
 
@@ -76,7 +77,8 @@ __all__ = [
 ]
 
 WITHOUT_TENSORRT = "or run with --dry-run / --print-trtexec to see the build plan without it"
-EXIT_OK, EXIT_BUILD_FAILED, EXIT_BAD_INPUT, EXIT_NO_TENSORRT = 0, 1, 2, 3
+# This command's exit statuses, by their names here (contract.errors has them all): 3 is kept for scripts.
+EXIT_BUILD_FAILED, EXIT_BAD_INPUT = EXIT_FAILED, EXIT_USAGE
 
 
 class TensorRTMissingError(optional.MissingDependency):
@@ -85,10 +87,8 @@ class TensorRTMissingError(optional.MissingDependency):
     exit_code = EXIT_NO_TENSORRT
 
 
-class EngineBuildError(ToolkitError):
-    """TensorRT rejected the graph or failed to build, with its reasons."""
-
-    exit_code = EXIT_BUILD_FAILED
+# TensorRT rejected the graph or failed to build, with its reasons: a backend failure (exit 1).
+EngineBuildError = BackendError
 
 
 def import_tensorrt():
@@ -305,37 +305,28 @@ def describe_plan(plan: BuildPlan, tensorrt_installed: bool) -> str:
     return "\n".join(lines)
 
 
-def _hw_argument(text: str) -> tuple[int, int]:
-    try:
-        return parse_hw(text)
-    except PlanError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m export.tensorrt",
+    p = common.parser(
+        "python -m export.tensorrt",
         description="Build a strongly typed CodeEnhance TensorRT engine (plus a JSON sidecar) from its ONNX graph.",
         epilog="exit status: 0 done, 1 TensorRT parse/build failed, 2 bad arguments or ONNX, 3 no TensorRT or GPU",
     )
     p.add_argument("onnx", type=Path, help="ONNX graph with inputs image, w_texture, w_style (FP16: export/precision.py)")
-    p.add_argument(
-        "--out", metavar="PATH", help="engine file (.plan/.engine), a folder, or a name with {key} (default: keyed name next to the ONNX)"
-    )
-    p.add_argument("--min", default="64x64", type=_hw_argument, metavar="HxW", help="smallest image HxW (default 64x64)")
-    p.add_argument("--opt", default="512x512", type=_hw_argument, metavar="HxW", help="image HxW to tune for (default 512x512)")
-    p.add_argument("--max", default="1024x1024", type=_hw_argument, metavar="HxW", help="largest image HxW (default 1024x1024)")
+    common.add_output(p, required=False, overwrite_help="replace an existing engine file",
+                      help="engine file (.plan/.engine), a folder, or a name with {key} (default: keyed name next to the ONNX)")
+    common.add_sizes(p, flag="--min", many=False, default="64x64", help="smallest image HxW (default 64x64)")
+    common.add_sizes(p, flag="--opt", many=False, default="512x512", help="image HxW to tune for (default 512x512)")
+    common.add_sizes(p, flag="--max", many=False, default="1024x1024", help="largest image HxW (default 1024x1024)")
     p.add_argument("--min-batch", type=int, default=1, metavar="N")
     p.add_argument("--opt-batch", type=int, default=1, metavar="N")
     p.add_argument("--max-batch", type=int, default=1, metavar="N")
-    p.add_argument("--workspace", type=float, default=4.0, metavar="GiB", help="builder workspace limit in GiB (default 4)")
+    p.add_argument("--workspace", type=common.finite_float(), default=4.0, metavar="GiB", help="builder workspace limit in GiB (default 4)")
     p.add_argument("--opt-level", type=int, default=3, metavar="0-5", help="builder optimization level 0-5 (default 3)")
     p.add_argument("--timing-cache", type=Path, metavar="PATH", help="timing cache file, read if present and rewritten after the build")
     p.add_argument("--dry-run", action="store_true", help="check the ONNX file and print the plan; build nothing")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command; build nothing")
     p.add_argument("--trt-version", metavar="X.Y", help="TensorRT version to plan for when it is not installed here (e.g. 10.16.0 or 11)")
     p.add_argument("--gpu-name", metavar="NAME", help="GPU name to plan for when none is visible here (e.g. 'NVIDIA H100 80GB HBM3')")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing engine file")
     p.add_argument("--verbose", action="store_true", help="TensorRT verbose logging")
     return p
 
@@ -363,30 +354,27 @@ def _target(args, installed: str | None, planning: bool) -> tuple[str, GpuInfo |
     return installed, detected_gpu
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     planning = args.dry_run or args.print_trtexec
-    try:
-        installed = _installed_trt_version()
-        trt_version, gpu = _target(args, installed, planning)
-        profile = ShapeProfile(args.min, args.opt, args.max, args.min_batch, args.opt_batch, args.max_batch)
-        flags = BuildFlags(workspace_gib=args.workspace, opt_level=args.opt_level)
-        plan = BuildPlan.create(
-            args.onnx, profile, flags, trt_version=trt_version, gpu=gpu, out=args.out, timing_cache=args.timing_cache
-        )
-        if args.print_trtexec and not args.dry_run:
-            print(plan.trtexec_text(trt_major(trt_version)))
-            return EXIT_OK
-        if plan.engine_path.exists() and not args.overwrite:
-            same_key = " (same key: same ONNX, shapes, flags, TensorRT and GPU)" if plan.key in plan.engine_path.name else ""
-            raise PlanError(f"{plan.engine_path} already exists{same_key}; pass --overwrite to rebuild it")
-        if args.dry_run:
-            print(describe_plan(plan, installed is not None))
-            return EXIT_OK
-        result = EngineBuilder(plan, verbose=args.verbose).build()
-    except (TensorRTMissingError, PlanError, EngineBuildError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    installed = _installed_trt_version()
+    trt_version, gpu = _target(args, installed, planning)
+    profile = ShapeProfile(args.min, args.opt, args.max, args.min_batch, args.opt_batch, args.max_batch)
+    flags = BuildFlags(workspace_gib=args.workspace, opt_level=args.opt_level)
+    plan = BuildPlan.create(
+        args.onnx, profile, flags, trt_version=trt_version, gpu=gpu, out=args.out, timing_cache=args.timing_cache
+    )
+    if args.print_trtexec and not args.dry_run:
+        print(plan.trtexec_text(trt_major(trt_version)))
+        return EXIT_OK
+    if plan.engine_path.exists() and not args.overwrite:
+        same_key = " (same key: same ONNX, shapes, flags, TensorRT and GPU)" if plan.key in plan.engine_path.name else ""
+        raise PlanError(f"{plan.engine_path} already exists{same_key}; pass --overwrite to rebuild it")
+    if args.dry_run:
+        print(describe_plan(plan, installed is not None))
+        return EXIT_OK
+    result = EngineBuilder(plan, verbose=args.verbose).build()
     print(
         f"built {result.engine_path} ({result.engine_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s; "
         f"sidecar {result.sidecar_path}"

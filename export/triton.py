@@ -18,17 +18,16 @@ group; REPO/README.md tells an operator how to run it. Exit status: 0 written, 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.errors import EXIT_OK, EXIT_USAGE, ToolkitError
+from contract import cli as common
+from contract.errors import EXIT_OK, InputError
 from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED, PAD_MULTIPLE,
                             WEIGHT_RANGE, check_io)
-from contract.sizes import size_argument
 
 PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
@@ -39,8 +38,8 @@ DEFAULT_DELAY_US = 1000
 OPT_HW = (720, 1280)  # the TensorRT EP's optimisation shape (and the ONNX model's warmup)
 
 
-class RepositoryError(ToolkitError):
-    """A repository that cannot be written (options, model files, engine sidecar)."""
+# A repository that cannot be written (options, model files, engine sidecar): a bad input.
+RepositoryError = InputError
 
 
 @dataclass(frozen=True)
@@ -354,38 +353,33 @@ docker run --rm --gpus all --shm-size=1g -p8000:8000 -p8001:8001 -p8002:8002 \\
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m export.triton", __doc__)
     p.add_argument("--model", required=True, type=Path, help="ONNX graph (python -m export.onnx / export.precision)")
-    p.add_argument("--out", required=True, type=Path, help="the model repository folder to write")
+    common.add_output(p, help="the model repository folder to write", overwrite_help="replace an existing repository")
     p.add_argument("--engine", type=Path, help="TensorRT engine with its sidecar (python -m export.tensorrt)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"max_batch_size (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--instances", type=int, default=1, help="instances per model (per GPU for GPU models; default 1)")
-    p.add_argument("--max-size", type=size_argument, default=DEFAULT_MAX_HW, metavar="HxW",
-                   help=f"largest image per request (default {DEFAULT_MAX_HW[0]}x{DEFAULT_MAX_HW[1]})")
-    p.add_argument("--delay-us", type=int, default=DEFAULT_DELAY_US,
+    p.add_argument("--max-batch", type=common.positive_int, default=DEFAULT_MAX_BATCH, help=f"max_batch_size (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--instances", type=common.positive_int, default=1, help="instances per model (per GPU for GPU models; default 1)")
+    common.add_sizes(p, flag="--max-size", many=False, default=DEFAULT_MAX_HW,
+                     help=f"largest image per request (default {DEFAULT_MAX_HW[0]}x{DEFAULT_MAX_HW[1]})")
+    p.add_argument("--delay-us", type=common.non_negative_int, default=DEFAULT_DELAY_US,
                    help=f"dynamic batching's max queue delay in microseconds (default {DEFAULT_DELAY_US})")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone")
     p.add_argument("--python-model", type=Path, help=f"model file for {PYTHON_MODEL} (default: --model)")
     p.add_argument("--python-backend", help=f"runtime backend for {PYTHON_MODEL} (default: from the file)")
-    p.add_argument("--threads", type=int, help=f"ONNX Runtime/torch threads per {PYTHON_MODEL} instance")
+    common.add_threads(p, help=f"ONNX Runtime/torch threads per {PYTHON_MODEL} instance")
     p.add_argument("--trt-ep-precision", choices=("FP32", "FP16"), default="FP32",
                    help=f"{ONNX_MODEL}: TensorRT EP precision_mode (FP16 casts everything; default FP32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     return p.parse_args(argv)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     serving = Serving(max_batch=args.max_batch, instances=args.instances, dynamic_batching=not args.no_dynamic_batching,
                       delay_us=args.delay_us, max_hw=args.max_size)
-    try:
-        names = write_repository(args.model, args.out, serving=serving, engine=args.engine,
-                                 python_model=args.python_model, python_backend=args.python_backend,
-                                 threads=args.threads, trt_ep_precision=args.trt_ep_precision, overwrite=args.overwrite)
-    except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    names = write_repository(args.model, args.out, serving=serving, engine=args.engine,
+                             python_model=args.python_model, python_backend=args.python_backend,
+                             threads=args.threads, trt_ep_precision=args.trt_ep_precision, overwrite=args.overwrite)
     print(f"wrote {args.out}: {', '.join(names)} (see {args.out / 'README.md'})")
     return EXIT_OK
 

@@ -39,8 +39,8 @@ UNKNOWN = "unknown"
 _ONNX_TYPE_NAMES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64", 16: "bfloat16"}
 
 
-class PlanError(InputError):
-    """A build request that cannot work, with what to change."""
+# A build request that cannot work, with what to change: a bad input.
+PlanError = InputError
 
 
 def parse_hw(text: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from contract.errors import ToolkitError
+from contract.errors import BackendError  # noqa: F401  (the runtime's name for it)
 from contract.graph import WEIGHT_NAMES
 
 
@@ -32,10 +32,6 @@ class BackendInfo:
 class InferResult:
     enhanced: np.ndarray  # float32 [N,3,H,W], clamped to [0,1]
     codes: np.ndarray | None = None  # int [N,1,Hp/4,Wp/4] when the backend can report them
-
-
-class BackendError(ToolkitError, RuntimeError):
-    """A backend that cannot load or run, with the reason and what to do."""
 
 
 @runtime_checkable

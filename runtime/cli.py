@@ -8,7 +8,6 @@ skipped and listed at the end, and so is every folder entry that is not enhanced
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import glob
 import os
@@ -19,9 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from contract.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError, ToolkitError
+from contract import cli as common
+from contract.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, InputError, ToolkitError  # noqa: F401
 from contract.files import write_bytes_atomically
-from contract.graph import check_weight
 from contract.images import ImageError, encode_image, is_image_path, read_image
 
 from .enhancer import DEFAULT_OVERLAP, ClippedInputWarning, Enhancer
@@ -120,40 +119,18 @@ def plan_jobs(inputs: list[Path], outdir: Path, keep_format: bool, overwrite: bo
     return jobs
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def weight(text: str) -> float:
-    try:
-        return float(check_weight(float(text), "the weight"))
-    except (ValueError, InputError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m runtime", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("-o", "--outdir", required=True, type=Path, help="output folder (created if missing)")
+    common.add_output(p, flags=("-o", "--outdir"), help="output folder (created if missing)", overwrite_help=None)
     p.add_argument("--model", required=True,
                    help=", ".join(f"{'/'.join(s.suffixes + s.schemes)} ({s.name})" for s in BACKENDS.values()))
     p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's suffix")
-    p.add_argument("--device", help="torch, aoti: cpu, cuda, cuda:1; tensorrt: GPU index; openvino: CPU")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="torch: tf32, fp16 (CUDA autocast) or fp16-lean (fp16 weights, no autocast); openvino: bf16; "
-                        "the FP32 islands (nearest-code search, normalisation statistics) stay fp32. An .onnx graph's "
-                        "or an engine's precision is its own")
+    common.add_device(p, help="torch, aoti: cpu, cuda, cuda:1; tensorrt: GPU index; openvino: CPU")
+    common.add_precision(p, choices=PRECISIONS,
+                       help="torch: tf32, fp16 (CUDA autocast) or fp16-lean (fp16 weights, no autocast); openvino: bf16; "
+                            "the FP32 islands (nearest-code search, normalisation statistics) stay fp32. An .onnx graph's "
+                            "or an engine's precision is its own")
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="the same as --precision fp16")
     p.add_argument("--cache-dir", type=Path,
                    help="openvino: keep the IR converted from an .onnx here (and, with --shapes dynamic, the compiled "
@@ -163,14 +140,14 @@ def parse_args(argv):
     p.add_argument("--cuda-graphs", action="store_true",
                    help="torch on CUDA: capture each input size once into a CUDA graph and replay it")
     p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch, onnxruntime or openvino (>= 1)")
-    p.add_argument("--w-texture", type=weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
-    p.add_argument("--w-style", type=weight, default=1.0, help="style weight, 0..4 (default 1.0)")
-    p.add_argument("--batch", type=positive_int, default=1, help="same-size images per model call (default 1)")
-    p.add_argument("--tile", type=non_negative_int, help="tile images larger than this (0: never; default: only "
-                                                         "beyond the backend's limits or memory budget)")
-    p.add_argument("--overlap", type=non_negative_int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    common.add_threads(p, help="CPU threads for torch, onnxruntime or openvino (>= 1)")
+    p.add_argument("--w-texture", type=common.weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
+    p.add_argument("--w-style", type=common.weight, default=1.0, help="style weight, 0..4 (default 1.0)")
+    p.add_argument("--batch", type=common.positive_int, default=1, help="same-size images per model call (default 1)")
+    p.add_argument("--tile", type=common.non_negative_int, help="tile images larger than this (0: never; default: only "
+                                                                "beyond the backend's limits or memory budget)")
+    p.add_argument("--overlap", type=common.non_negative_int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
+    common.add_overwrite(p, help="replace existing outputs")
     p.add_argument("--keep-format", action="store_true", help="write the input's format instead of PNG")
     return p.parse_args(argv)
 
@@ -301,36 +278,27 @@ def report(run: Run, outdir: Path) -> None:
                 print(f"  {source}: {reason}", file=sys.stderr)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run = Run()
-    try:
-        if not is_url(args.model) and not Path(args.model).exists():
-            raise InputError(f"model not found: {args.model}")
-        spec = choose_backend(args.model, args.backend)
-        options = backend_options(args, spec.name)
-        check_outdir(args.outdir)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if not is_url(args.model) and not Path(args.model).exists():
+        raise InputError(f"model not found: {args.model}")
+    spec = choose_backend(args.model, args.backend)
+    options = backend_options(args, spec.name)
+    check_outdir(args.outdir)
     inputs = collect_inputs(args.inputs, run)
     run.inputs = len(inputs)
     if not inputs:
         listing = "; ".join(f"{spec}: {why}" for spec, why in run.problems + run.skipped)
-        print(f"error: no input images ({listing})", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        prepare_outdir(args.outdir)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise InputError(f"no input images ({listing})")
+    prepare_outdir(args.outdir)
     jobs = plan_jobs(inputs, args.outdir, args.keep_format, args.overwrite, run)
     if jobs:  # nothing to load when every input was refused
         try:
             enhancer = Enhancer(args.model, spec.name, batch=args.batch, tile=args.tile, overlap=args.overlap, **options)
-        except (ToolkitError, ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+        except (ToolkitError, ValueError, OSError) as e:  # a model that cannot be loaded: usage (2), whatever failed
+            raise InputError(str(e)) from e
         with enhancer:
             info = enhancer.info
             print(f"{len(jobs)} image(s) -> {args.outdir} with {info.name} on {info.device} ({info.precision})",

@@ -13,7 +13,6 @@ to sys.path (this environment's standard library must not replace the stub's own
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import importlib.util
 import os
@@ -30,15 +29,19 @@ import time
 import urllib.request
 from pathlib import Path
 
-from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ToolkitError
+from contract import cli as common
+from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendError
 
 INSTALL = 'pip install "codeenhance-deploy[serve]" (or: pip install --no-deps nvidia-pytriton==0.7.0)'
 # Backends the bundled server has (pytriton ships only the Python backend).
 BUNDLED_BACKENDS = {"python"}
 
 
-class ServeError(ToolkitError):
-    """The server cannot be started or did not become ready, with the reason."""
+class ServeError(BackendError):
+    """The server cannot be started or did not become ready, with the reason. Exit 2 (nothing was served), as this
+    command has always answered it, rather than a backend failure's 1."""
+
+    exit_code = EXIT_USAGE
 
 
 def find_server() -> dict[str, Path]:
@@ -265,20 +268,20 @@ class TritonServer:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m runtime.serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("python -m runtime.serve", __doc__)
     p.add_argument("--repository", required=True, type=Path, help="model repository (python -m export.triton)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (default 0: off)")
+    p.add_argument("--http-port", type=common.port, default=8000, help="HTTP port, 1..65535 (default 8000)")
+    p.add_argument("--grpc-port", type=common.port, default=8001, help="gRPC port, 1..65535 (default 8001)")
+    p.add_argument("--metrics-port", type=common.port_or_off, default=0, help="Prometheus metrics port (default 0: off)")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--model", action="append", dest="models", help="model to load (repeatable; default: all the "
                                                                     "bundled server can run)")
-    p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness (default 300)")
-    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
+    p.add_argument("--ready-timeout", type=common.positive_float, default=300.0, help="seconds to wait for readiness (default 300)")
+    p.add_argument("--log-verbose", type=common.non_negative_int, default=0, help="Triton's --log-verbose level")
     return p.parse_args(argv)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -308,9 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         code = server.stop()
         print(f"stopped (status {code})", file=sys.stderr)
         return EXIT_OK
-    except ServeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         server.stop()
         for s, handler in previous.items():

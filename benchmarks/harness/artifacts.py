@@ -12,13 +12,13 @@ import hashlib
 import time
 from pathlib import Path
 
-from contract.errors import ToolkitError
+from contract.errors import BackendError
 from contract.files import file_sha256
 
 OPTIONS = {"checkpoint": "--ckpt", "onnx": "--onnx", "onnx_fp16": "--onnx-fp16", "engine": "--engine"}
 
 
-class ArtifactError(ToolkitError):
+class ArtifactError(BackendError):
     """An artifact could not be made; the backends that need it are reported with this reason."""
 
 

@@ -303,6 +303,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--log-every", type=int, default=25, help="steps between train_log.jsonl lines (default 25)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     args = p.parse_args(argv)
+    args.out = str(args.out)  # the saved training state holds the args: plain values load with weights_only=True
     args.argv = list(argv)
 
     def pair(text, flag, kind):

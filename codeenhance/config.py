@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from contract.errors import InputError
 from contract.graph import PAD_MULTIPLE
 
 
@@ -31,9 +32,9 @@ class CodeEnhanceConfig:
     def __post_init__(self) -> None:
         for c in self.channels:
             if c % self.norm_groups:
-                raise ValueError(f"channel width {c} is not a multiple of norm_groups={self.norm_groups}")
+                raise InputError(f"channel width {c} is not a multiple of norm_groups={self.norm_groups}")
         if self.channels[2] % self.swin_heads:
-            raise ValueError(f"swin width {self.channels[2]} is not divisible by swin_heads={self.swin_heads}")
+            raise InputError(f"swin width {self.channels[2]} is not divisible by swin_heads={self.swin_heads}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.errors import InputError
 from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE
 
 from .blocks import DecoderStage, Encoder, IFTFusion
@@ -111,7 +112,7 @@ class CodeEnhance(nn.Module):
         if reference is not None:
             check_image(reference, "reference")
             if reference.shape != image.shape:
-                raise ValueError(f"reference must have the image's shape {tuple(image.shape)}, got {tuple(reference.shape)}")
+                raise InputError(f"reference must have the image's shape {tuple(image.shape)}, got {tuple(reference.shape)}")
         out, codes = self(image, wt, ws, reference)
         return (out, codes) if return_codes else out
 
@@ -120,11 +121,11 @@ def check_image(image: torch.Tensor, name: str) -> None:
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B,3,H,W], got {type(image).__name__}")
     if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"{name} must have shape [B,3,H,W] (RGB), got {tuple(image.shape)}")
+        raise InputError(f"{name} must have shape [B,3,H,W] (RGB), got {tuple(image.shape)}")
     if not image.is_floating_point():
         raise TypeError(f"{name} must be a float tensor in [0,1], got {image.dtype}; divide uint8 images by 255")
     if image.shape[0] == 0 or image.shape[2] == 0 or image.shape[3] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(image.shape)}")
+        raise InputError(f"{name} is empty: shape {tuple(image.shape)}")
 
 
 def per_image_weight(value: Weight, batch: int, name: str) -> torch.Tensor:
@@ -133,5 +134,5 @@ def per_image_weight(value: Weight, batch: int, name: str) -> torch.Tensor:
     if t.ndim == 0:
         return t.expand(batch).clone()
     if t.shape != (batch,):
-        raise ValueError(f"{name} must be a float or a tensor of shape [{batch}] (one per image), got {tuple(t.shape)}")
+        raise InputError(f"{name} must be a float or a tensor of shape [{batch}] (one per image), got {tuple(t.shape)}")
     return t

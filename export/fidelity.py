@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import onnx
 
+from contract.errors import InputError
 from contract.graph import INPUT_NAMES
 from contract.images import ImageError, fit_max_side, list_images, load_rgb  # noqa: F401  (part of this module's API)
 from runtime.onnxruntime_backend import make_session
@@ -77,7 +78,7 @@ def calibration_images(folder: str | Path | None, count: int, max_side: int) -> 
         except ImageError as e:
             skipped.append(str(e))
     if not images:
-        raise ValueError(f"none of the images under {folder} can be read: {'; '.join(skipped[:3])}")
+        raise InputError(f"none of the images under {folder} can be read: {'; '.join(skipped[:3])}")
     return images, f"{len(images)} images from {folder}", skipped
 
 
@@ -171,7 +172,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
     """
     x, y = _as_hwc(a), _as_hwc(b)
     if x.shape != y.shape:
-        raise ValueError(f"ssim needs images of one shape, got {x.shape} and {y.shape}")
+        raise InputError(f"ssim needs images of one shape, got {x.shape} and {y.shape}")
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     blur = lambda t: cv2.GaussianBlur(t, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
     values = []
@@ -201,7 +202,7 @@ def code_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of positions where two code-index maps pick the same codebook entry."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
-        raise ValueError(f"code maps differ in shape: {a.shape} vs {b.shape}")
+        raise InputError(f"code maps differ in shape: {a.shape} vs {b.shape}")
     return float(np.mean(a == b)) if a.size else 1.0
 
 

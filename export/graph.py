@@ -18,6 +18,7 @@ from onnxscript import opset18 as op
 from torch import nn
 
 from codeenhance import CodeEnhance
+from contract.errors import InputError
 from contract.graph import BATCH, INPUTS, INPUT_NAMES, MIN_SIDE, OUTPUT_CODES, OUTPUT_ENHANCED
 from codeenhance.quantizer import VectorQuantizer
 
@@ -97,7 +98,7 @@ class EnhanceGraph(nn.Module):
     def __init__(self, model: CodeEnhance, *, lookup: str = "gather", with_codes: bool = False):
         super().__init__()
         if lookup not in LOOKUPS:
-            raise ValueError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
+            raise InputError(f"lookup must be one of {', '.join(LOOKUPS)}, got {lookup!r}")
         self.net = copy.deepcopy(model).eval()
         self.net.reference_encoder = None  # reference-image mode is not part of the graph
         self.net.quantizer = (GatherLookup if lookup == "gather" else OneHotLookup)(self.net.quantizer)

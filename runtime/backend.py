@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from contract.errors import BackendError  # noqa: F401  (the runtime's name for it)
+from contract.errors import BackendError, InputError  # noqa: F401  (BackendError: the runtime's name for it)
 from contract.graph import WEIGHT_NAMES
 
 
@@ -103,19 +103,19 @@ class BackendBase:
 def check_batch(images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray, info: BackendInfo) -> None:
     """Validate a batch against the contract and the backend's shape range, with a specific message."""
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"{info.name}: images must be [N,3,H,W], got {images.shape}")
+        raise InputError(f"{info.name}: images must be [N,3,H,W], got {images.shape}")
     if images.dtype != np.float32:
-        raise ValueError(f"{info.name}: images must be float32 in [0,1], got {images.dtype}")
+        raise InputError(f"{info.name}: images must be float32 in [0,1], got {images.dtype}")
     n, _, h, w = images.shape
     for name, wt in zip(WEIGHT_NAMES, (w_texture, w_style)):
         if wt.shape != (n,):
-            raise ValueError(f"{info.name}: {name} must have shape ({n},), got {wt.shape}")
+            raise InputError(f"{info.name}: {name} must have shape ({n},), got {wt.shape}")
     if h < info.min_hw[0] or w < info.min_hw[1]:
-        raise ValueError(f"{info.name}: {h}x{w} is below the smallest supported size {info.min_hw[0]}x{info.min_hw[1]}")
+        raise InputError(f"{info.name}: {h}x{w} is below the smallest supported size {info.min_hw[0]}x{info.min_hw[1]}")
     if info.max_hw is not None and (h > info.max_hw[0] or w > info.max_hw[1]):
-        raise ValueError(
+        raise InputError(
             f"{info.name}: {h}x{w} exceeds the largest supported size {info.max_hw[0]}x{info.max_hw[1]}; "
             "use tiling (Enhancer(tile=...)) or rebuild the engine with a larger --max"
         )
     if info.max_batch is not None and n > info.max_batch:
-        raise ValueError(f"{info.name}: batch {n} exceeds the maximum {info.max_batch}")
+        raise InputError(f"{info.name}: batch {n} exceeds the maximum {info.max_batch}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.errors import InputError
 from contract.images import SCALES
 from contract.graph import PAD_MULTIPLE, WEIGHT_NAMES, per_image_weights
 
@@ -80,9 +81,9 @@ def to_model_input(image, channel_order: str = "bgr") -> tuple[np.ndarray, Layou
     if image.dtype not in SCALES:
         raise TypeError(f"image dtype must be uint8, uint16 or float32 in [0,1], got {image.dtype}")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4)):
-        raise ValueError(f"image must be HxW (gray), HxWx1, HxWx2 (gray + alpha), HxWx3 or HxWx4, got shape {image.shape}")
+        raise InputError(f"image must be HxW (gray), HxWx1, HxWx2 (gray + alpha), HxWx3 or HxWx4, got shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
+        raise InputError(f"image is empty: shape {image.shape}")
     layout = Layout(image.dtype, image.shape, channel_order == "bgr", pil_mode=pil_mode)
     if image.ndim == 3 and image.shape[2] in (2, 4):
         layout.alpha = image[..., -1].copy()
@@ -101,7 +102,7 @@ def to_model_input(image, channel_order: str = "bgr") -> tuple[np.ndarray, Layou
 
 def clip_float_input(rgb: np.ndarray) -> np.ndarray:
     if not np.isfinite(rgb).all():
-        raise ValueError(f"image has {int((~np.isfinite(rgb)).sum())} NaN or infinite values; float images must be "
+        raise InputError(f"image has {int((~np.isfinite(rgb)).sum())} NaN or infinite values; float images must be "
                          "finite, in [0,1]")
     low, high = float(rgb.min()), float(rgb.max())
     if low < 0.0 or high > 1.0:
@@ -212,11 +213,11 @@ class Enhancer:
                  tile: int | None = None, overlap: int = DEFAULT_OVERLAP, max_pixels: int = DEFAULT_MAX_PIXELS,
                  channel_order: str = "bgr", **backend_options):
         if channel_order not in ("bgr", "rgb"):
-            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+            raise InputError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
         if batch < 1 or max_pixels < 1 or overlap < 0 or (tile is not None and tile < 0):
-            raise ValueError("batch and max_pixels must be >= 1, overlap and tile >= 0")
+            raise InputError("batch and max_pixels must be >= 1, overlap and tile >= 0")
         if tile and overlap * 2 >= tile:
-            raise ValueError(f"overlap ({overlap}) must be less than half the tile ({tile})")
+            raise InputError(f"overlap ({overlap}) must be less than half the tile ({tile})")
         if backend is not None and not isinstance(backend, str):
             self.backend = backend
         else:

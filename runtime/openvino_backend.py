@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.errors import InputError
 from contract.files import update_digest
 from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
                             check_io)
@@ -97,11 +98,11 @@ class OpenVINOBackend(BackendBase):
                  cache_dir: str | os.PathLike | None = None, device: str = "CPU", keep_fp32=(), shapes: str = "static"):
         super().__init__()
         if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"openvino: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise InputError(f"openvino: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if shapes not in SHAPES:
-            raise ValueError(f"openvino: shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
+            raise InputError(f"openvino: shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
         if threads is not None and threads < 0:
-            raise ValueError(f"openvino: threads must be >= 0, got {threads}")
+            raise InputError(f"openvino: threads must be >= 0, got {threads}")
         self.model_path = Path(model_path)
         self.precision = precision
         self.threads = threads
@@ -139,7 +140,7 @@ class OpenVINOBackend(BackendBase):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.core, self.ov_version = core, ov.get_version()
         if suffix == ".xml" and self.keep_fp32:
-            raise ValueError(f"openvino: keep_fp32 applies when converting an .onnx graph; the islands of the IR "
+            raise InputError(f"openvino: keep_fp32 applies when converting an .onnx graph; the islands of the IR "
                              f"{self.model_path} were fixed when it was written")
         try:
             if suffix == ".xml":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.errors import InputError
 from contract.files import update_digest
 from contract.graph import BF16, FP32_ISLANDS, reported_precision
 
@@ -80,7 +81,7 @@ def island_nodes(onnx_model, keep_fp32=()) -> dict[str, list[str]]:
     try:
         user = user_nodes(ix, list(keep_fp32))
     except PrecisionError as e:
-        raise ValueError(f"openvino: keep_fp32: {e}") from e
+        raise InputError(f"openvino: keep_fp32: {e}") from e
     return reasons_by_node(ix, {**island_rules(ix), "user": user})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from contract.errors import InputError
 from contract.graph import FP16, FP32, reported_precision
 from contract.sizes import SIZE_ALIASES, parse_size, parse_sizes  # noqa: F401  (the harness's size names)
 
@@ -74,7 +75,7 @@ def parse_backends(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     return list(dict.fromkeys([REFERENCE, *names]))
 
 

@@ -9,13 +9,13 @@ large a rounding error of the distance terms (fp16, bf16) may flip the code. Pri
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 
 from codeenhance import load_model
+from contract import cli as common
 from contract.images import list_images, load_rgb
 
 THRESHOLDS = (1e-5, 1e-4, 1e-3)
@@ -43,12 +43,13 @@ def relative_gaps(model, images) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(gaps), np.concatenate(codes)
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, metavar="LABEL=PATH", help="checkpoint to measure (repeatable)")
+    p = common.parser("python benchmarks/near_ties.py", __doc__)
+    common.add_checkpoint(p, action="append", metavar="LABEL=PATH", help="checkpoint to measure (repeatable)")
     p.add_argument("--images", required=True, help="folder of photos (searched recursively)")
-    p.add_argument("--max-side", type=int, default=256)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--max-side", type=common.int_in(32), default=256)
+    common.add_threads(p, default=torch.get_num_threads())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     images = [load_rgb(q, args.max_side) for q in list_images(args.images)]

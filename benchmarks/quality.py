@@ -11,7 +11,6 @@ training does. Needs the [train] extra (pytorch-msssim).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from codeenhance import load_model
 from codeenhance.checkpoint import random_model
 from codeenhance.degrade import STRENGTHS, degrade
 from codeenhance.train import holdout_names
+from contract import cli as common
 from contract.images import fit_max_side, list_images, load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,17 +109,18 @@ def picture(rows: list[list[np.ndarray]], path: Path, cell_width: int) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
+@common.run_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="the trained checkpoint")
+    p = common.parser("python benchmarks/quality.py", __doc__)
+    common.add_checkpoint(p, help="the trained checkpoint")
     p.add_argument("--photos", help="folder of normal-light photos holding the held-out ones (the training folder)")
     p.add_argument("--holdout", type=int, help="recompute the held-out names from --photos (default: the checkpoint's record)")
     p.add_argument("--samples", default=str(REPO / "samples"), help="extra normal-light photos never trained on (default: samples/)")
     p.add_argument("--lowlight", help="folder of real low-light photos (LIME/MEF)")
-    p.add_argument("--max-side", type=int, default=512, help="photos are downscaled to this long side (default 512)")
+    p.add_argument("--max-side", type=common.int_in(32), default=512, help="photos are downscaled to this long side (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradation draws")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--out", help="write the markdown report here (and its .json beside it)")
+    common.add_threads(p, default=torch.get_num_threads())
+    common.add_output(p, required=False, help="write the markdown report here (and its .json beside it)", overwrite_help=None)
     p.add_argument("--picture", help="write the before/after picture of the sample photos here (PNG)")
     p.add_argument("--lowlight-picture", help="write a picture of real low-light photos before/after here (PNG)")
     args = p.parse_args(argv)

@@ -28,7 +28,9 @@ class ShippedCheckpoint:
 
 
 #: preset -> its trained checkpoint. A preset not listed has no trained weights (the demo writes random ones).
-SHIPPED: dict[str, ShippedCheckpoint] = {}
+SHIPPED: dict[str, ShippedCheckpoint] = {
+    "tiny": ShippedCheckpoint("tiny", "codeenhance_tiny.pth", "84e4f310d82472ae286305ea39a55a85ee217a2db3dd06730e6f808a6760c995"),
+}
 
 
 def trained_checkpoint(preset: str = "tiny") -> Path:

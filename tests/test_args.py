@@ -247,8 +247,6 @@ def test_a_tool_answers_a_bad_value_without_a_traceback():
     assert proc.returncode == 2 and "port 70000 is out of range" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# Owned elsewhere for now (another engineer's files): they still declare their own --ckpt/--threads/--out.
-NOT_YET_COMPOSED = {"benchmarks/near_ties.py", "benchmarks/quality.py"}
 GROUP_FLAGS = {"--threads", "--overwrite", "--ckpt", "--out", "--calib", "--calib-count", "--calib-size", "--debug"}
 
 
@@ -262,6 +260,6 @@ def test_shared_flags_are_declared_only_in_contract_cli():
     for path in production_files():
         rel = path.relative_to(REPO).as_posix()
         own = set(declared_flags(ast.parse(path.read_text()))) & GROUP_FLAGS
-        if own and rel not in NOT_YET_COMPOSED:
+        if own:
             problems.append(f"{rel}: {sorted(own)}")
     assert not problems, "declare these through contract.cli's groups: " + "; ".join(problems)

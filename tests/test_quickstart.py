@@ -38,6 +38,8 @@ def test_quickstart_enhances_the_sample_photos(quickstart):
     gains = [float(m.group(2)) - float(m.group(1))
              for m in re.finditer(r"input\s+([\d.]+) dB -> enhanced\s+([\d.]+) dB", result.stdout)]
     assert len(gains) == len(dark) and min(gains) > 3.0, gains  # a real before/after: every photo gets closer
+    assert (out / "model-bf16.xml").exists() and len(list((out / "enhanced_bf16").glob("*.png"))) == len(dark)
+    assert re.search(r"720p on this CPU: ONNX Runtime fp32 [\d.]+ s, OpenVINO bf16 [\d.]+ s", result.stdout)
 
 
 def test_quickstart_graphs_say_what_they_are(quickstart):

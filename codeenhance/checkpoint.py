@@ -194,13 +194,19 @@ def official_state_dict(model: CodeEnhance) -> dict[str, torch.Tensor]:
     return {to_official_name(k): v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def atomic_torch_save(obj, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
+    """``write(tmp)`` fills a temporary file that then replaces ``path`` in one rename; FileExistsError if ``path``
+    exists and ``overwrite`` is false."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
     with AtomicOutput(path) as tmp:
-        torch.save(obj, tmp)
+        write(tmp)
     return path
+
+
+def atomic_torch_save(obj, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite)
 
 
 def random_model(config: CodeEnhanceConfig = OFFICIAL, seed: int = 0) -> CodeEnhance:

@@ -9,9 +9,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.files import AtomicOutput, file_sha256
+from contract.files import file_sha256
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, atomic_write, load_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -58,9 +58,4 @@ def load_trained(preset: str = "tiny", *, device: str = "cpu"):
 def write_trained_checkpoint(path: str | os.PathLike, preset: str = "tiny", *, overwrite: bool = False) -> Path:
     """Copy the checked trained checkpoint of ``preset`` to ``path`` (atomically)."""
     source = trained_checkpoint(preset)
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
-    with AtomicOutput(path) as tmp:
-        shutil.copyfile(source, tmp)
-    return path
+    return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp), overwrite)

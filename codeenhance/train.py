@@ -8,7 +8,6 @@ stage1.pth when stage 1 ends, and train_log.jsonl. Ctrl-C saves and exits 130; -
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import signal
@@ -110,16 +109,14 @@ class Trainer:
         self.model = random_model(self.config, args.seed)
         self.state = RunState(usage=[0] * self.config.codebook_size)
         self.teacher: CodeEnhance | None = None
-        if args.resume:
-            self.resume()
+        saved_optimizer = self.resume() if args.resume else None
         self.optimizer = self.make_optimizer()
-        if args.resume and (run / "training_state.pth").exists():
-            saved = torch.load(run / "training_state.pth", weights_only=True)
-            if saved["optimizer"] is not None and saved["state"]["stage"] == self.state.stage:
-                self.optimizer.load_state_dict(saved["optimizer"])
+        if saved_optimizer is not None:
+            self.optimizer.load_state_dict(saved_optimizer)
 
     # ------------------------------------------------------------------ set-up
-    def resume(self) -> None:
+    def resume(self) -> dict | None:
+        """Load the run's state and weights (and the stage-1 teacher in stage 2); returns the optimizer state."""
         path = self.run / "training_state.pth"
         if not path.exists():
             raise InputError(f"--resume: {path} not found; start a new run without --resume")
@@ -128,6 +125,7 @@ class Trainer:
         self.load_weights(self.model, self.run / "net_g_latest.pth")
         if self.state.stage == 2:
             self.teacher = self.frozen_copy_of(self.run / "stage1.pth")
+        return saved["optimizer"]
 
     @staticmethod
     def load_weights(model: CodeEnhance, path: Path) -> None:

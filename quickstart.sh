@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2, runtime
 from contract.images import load_rgb
 out = Path(sys.argv[1])
-image = cv2.resize(load_rgb(sorted((out / "samples").glob("*.png"))[0]), (1280, 720), interpolation=cv2.INTER_CUBIC)
+image = cv2.resize(load_rgb(sorted((out / "samples").glob("*.png"))[0]), (1280, 720), interpolation=cv2.INTER_LINEAR)
 engines = {"ONNX Runtime fp32": runtime.Enhancer(str(out / "model.onnx")), "OpenVINO bf16": runtime.Enhancer(str(out / "model-bf16.xml"))}
 best = {name: float("inf") for name in engines}
 for _ in range(3):

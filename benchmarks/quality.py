@@ -25,16 +25,13 @@ from codeenhance.degrade import STRENGTHS, degrade
 from codeenhance.train import holdout_names
 from contract import cli as common
 from contract.images import fit_max_side, list_images, load_rgb
+from export.fidelity import psnr
 
 REPO = Path(__file__).resolve().parents[1]
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 BASELINE = "tuned global gamma + gain"
 GAMMAS = np.linspace(0.2, 1.2, 41)
 GAINS = np.geomspace(0.5, 6.0, 41)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:

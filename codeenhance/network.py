@@ -77,18 +77,31 @@ class CodeEnhance(nn.Module):
                 raise RuntimeError("reference-image mode needs the high-quality-prior model: load_model(..., hq_path=...)")
             style_half, style_quarter = self.reference_encoder(flip_pad_to_multiple(reference, self.config.pad_multiple))
 
-        semantic = F.interpolate(self.semantic_backbone(x), size=quarter.shape[-2:], mode="nearest")
-        feat = self.fuse_semantic_encode(torch.cat([quarter, self.resize_semantic_feat_conv(semantic)], dim=1))
-        feat = self.context_module(feat)
-
-        quantized, codes = self.quantizer(self.before_quant(feat))
+        quantized, codes = self.quantizer(self.code_features(x, quarter))
         wt = w_texture.to(x.dtype).view(-1, 1, 1, 1)
         ws = w_style.to(x.dtype).view(-1, 1, 1, 1)
-        y = self.fuse_convs_dict["64"](quarter, style_quarter, self.after_quant(quantized), wt, ws)
+        out = self.decode(quantized, half, quarter, (style_half, style_quarter, wt, ws))
+        return out[..., :h, :w], codes
+
+    def code_features(self, x: torch.Tensor, quarter: torch.Tensor) -> torch.Tensor:
+        """The features the quantizer looks up: semantic fusion of the 1/4-scale encoding, Swin context, 1x1 conv."""
+        semantic = F.interpolate(self.semantic_backbone(x), size=quarter.shape[-2:], mode="nearest")
+        feat = self.fuse_semantic_encode(torch.cat([quarter, self.resize_semantic_feat_conv(semantic)], dim=1))
+        return self.before_quant(self.context_module(feat))
+
+    def decode(self, quantized: torch.Tensor, half: torch.Tensor, quarter: torch.Tensor, ift) -> torch.Tensor:
+        """The decoder from the quantized features. ``ift`` = (style_half, style_quarter, w_texture, w_style) with
+        the weights [B,1,1,1], or None: no IFT blocks (what they compute with both weights 0), as training's
+        stage 1 uses it."""
+        y = self.after_quant(quantized)
+        if ift is not None:
+            style_half, style_quarter, wt, ws = ift
+            y = self.fuse_convs_dict["64"](quarter, style_quarter, y, wt, ws)
         y = self.decoder_group[0](y)
-        y = self.fuse_convs_dict["128"](half, style_half, y, wt, ws)
+        if ift is not None:
+            y = self.fuse_convs_dict["128"](half, style_half, y, wt, ws)
         y = self.decoder_group[1](y)
-        return self.out_conv(y)[..., :h, :w], codes
+        return self.out_conv(y)
 
     @torch.inference_mode()
     def enhance(

@@ -12,11 +12,15 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, codebook_sq_norm: torc
     The distance is evaluated as (||z||^2 + ||e||^2) - 2 z.e, the same expression and order as the original,
     so near-ties resolve to the same index.
     """
+    index = squared_distances(z, codebook, codebook_sq_norm).argmin(dim=1)
+    return index, codebook.index_select(0, index)
+
+
+def squared_distances(z: torch.Tensor, codebook: torch.Tensor, codebook_sq_norm: torch.Tensor | None = None):
+    """[N, K] squared L2 distances of the rows of z to the codebook rows, as (||z||^2 + ||e||^2) - 2 z.e."""
     if codebook_sq_norm is None:
         codebook_sq_norm = codebook.pow(2).sum(dim=1)
-    distance = (z.pow(2).sum(dim=1, keepdim=True) + codebook_sq_norm) - 2 * (z @ codebook.t())
-    index = distance.argmin(dim=1)
-    return index, codebook.index_select(0, index)
+    return (z.pow(2).sum(dim=1, keepdim=True) + codebook_sq_norm) - 2 * (z @ codebook.t())
 
 
 class VectorQuantizer(nn.Module):

@@ -187,7 +187,7 @@ class Trainer:
             quantize = self.progress() >= self.args.warmup
             if quantize and not self.state.kmeans_done:
                 self.init_codebook()
-            losses, codes = stage1_step(self.model, hq, self.weights, quantize)
+            losses, codes, features = stage1_step(self.model, hq, self.weights, quantize)
             if codes is not None:
                 usage = torch.tensor(self.state.usage) + torch.bincount(codes, minlength=self.config.codebook_size)
                 self.state.usage = usage.tolist()
@@ -202,9 +202,7 @@ class Trainer:
         self.state.step += 1
         if self.state.stage == 1 and self.state.kmeans_done and self.state.step % RESTART_EVERY == 0:
             if self.progress() < 0.8:  # let the codebook settle at the end
-                with torch.no_grad():
-                    feats = flat(encode(self.model, hq)[2])
-                stats["restarted"] = restart_dead_codes(self.model.quantizer, torch.tensor(self.state.usage), feats, self.generator(2))
+                stats["restarted"] = restart_dead_codes(self.model.quantizer, torch.tensor(self.state.usage), features, self.generator(2))
             self.state.usage = [0] * self.config.codebook_size
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}, **stats}
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .network import CodeEnhance
-from .quantizer import nearest_code
+from .quantizer import nearest_code, squared_distances
 
 
 @dataclass(frozen=True)
@@ -37,22 +37,19 @@ class LossWeights:
 
 
 def encode(model: CodeEnhance, x: torch.Tensor):
-    """The network's encoding path (as ``forward``, without padding: crops are multiples of the pad size)."""
+    """(1/2-scale, 1/4-scale encoder features, code features) as ``forward`` computes them, without padding: crops
+    are multiples of the pad size."""
     half, quarter = model.multiscale_encoder(x)
-    semantic = F.interpolate(model.semantic_backbone(x), size=quarter.shape[-2:], mode="nearest")
-    feat = model.fuse_semantic_encode(torch.cat([quarter, model.resize_semantic_feat_conv(semantic)], dim=1))
-    return half, quarter, model.before_quant(model.context_module(feat))
+    return half, quarter, model.code_features(x, quarter)
 
 
 def decode(model: CodeEnhance, half, quarter, quantized, ift_weight: float) -> torch.Tensor:
-    y = model.after_quant(quantized)
-    if ift_weight:
-        w = torch.full((y.shape[0], 1, 1, 1), float(ift_weight), dtype=y.dtype, device=y.device)
-        y = model.fuse_convs_dict["64"](quarter, quarter, y, w, w)
-    y = model.decoder_group[0](y)
-    if ift_weight:
-        y = model.fuse_convs_dict["128"](half, half, y, w, w)
-    return model.out_conv(model.decoder_group[1](y))
+    """The decoder with both IFT weights ``ift_weight`` and the image's own features as style; 0 skips the IFT
+    blocks."""
+    if not ift_weight:
+        return model.decode(quantized, half, quarter, None)
+    w = torch.full((quantized.shape[0], 1, 1, 1), float(ift_weight), dtype=quantized.dtype, device=quantized.device)
+    return model.decode(quantized, half, quarter, (half, quarter, w, w))
 
 
 def flat(z: torch.Tensor) -> torch.Tensor:
@@ -79,8 +76,9 @@ def image_losses(out: torch.Tensor, target: torch.Tensor, weights: LossWeights) 
 
 
 def stage1_step(model: CodeEnhance, hq: torch.Tensor, weights: LossWeights, quantize: bool):
-    """Autoencoder loss on normal-light crops; returns (losses, code indices or None)."""
+    """Autoencoder loss on normal-light crops; returns (losses, code indices or None, code features detached)."""
     half, quarter, z = encode(model, hq)
+    features = flat(z.detach())
     losses, codes = {}, None
     if quantize:
         codes, rows = nearest_code(flat(z), model.quantizer.codebook())
@@ -89,7 +87,7 @@ def stage1_step(model: CodeEnhance, hq: torch.Tensor, weights: LossWeights, quan
         losses["commit"] = weights.commitment * F.mse_loss(z, q.detach())
         z = z + (q - z).detach()  # straight-through
     losses.update(image_losses(decode(model, half, quarter, z, 0.0), hq, weights))
-    return losses, codes
+    return losses, codes, features
 
 
 def stage2_step(model: CodeEnhance, teacher: CodeEnhance, dark: torch.Tensor, hq: torch.Tensor, weights: LossWeights):
@@ -99,7 +97,7 @@ def stage2_step(model: CodeEnhance, teacher: CodeEnhance, dark: torch.Tensor, hq
     half, quarter, z = encode(model, dark)
     codebook = model.quantizer.codebook()
     zf = flat(z)
-    distance = (zf.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)) - 2 * zf @ codebook.t()
+    distance = squared_distances(zf, codebook)
     codes = distance.argmin(1)
     q = unflat(codebook.index_select(0, codes), z)
     losses = {

@@ -29,7 +29,8 @@ from .checkpoint import atomic_torch_save, from_official_name, official_state_di
 from .config import PRESETS
 from .degrade import degrade
 from .network import CodeEnhance
-from .training import LossWeights, encode, flat, kmeans, restart_dead_codes, stage1_step, stage2_step
+from .training import (LossWeights, encode, flat, kmeans, restart_dead_codes, stage1_step, stage2_step,
+                       start_ift_at_identity)
 
 RESTART_EVERY = 100  # stage-1 steps between dead-code restarts (and the usage window)
 KMEANS_BATCHES = 6
@@ -113,6 +114,17 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         if saved_optimizer is not None:
             self.optimizer.load_state_dict(saved_optimizer)
+        elif args.stage1:
+            self.load_weights(self.model, run / "stage1.pth")
+            self.begin_stage2(history=[])
+
+    def begin_stage2(self, history: list[dict]) -> None:
+        """From the stage-1 prior in RUN/stage1.pth (the model holds its weights): the frozen teacher, IFT blocks
+        at the identity, a fresh optimizer."""
+        self.teacher = self.frozen_copy_of(self.run / "stage1.pth")
+        self.state = RunState(stage=2, history=history, kmeans_done=True)
+        start_ift_at_identity(self.model)
+        self.optimizer = self.make_optimizer()
 
     # ------------------------------------------------------------------ set-up
     def resume(self) -> dict | None:
@@ -269,9 +281,7 @@ class Trainer:
                 self.save()
                 atomic_torch_save({"params": official_state_dict(self.model), "meta": {**self.meta(True), "hq_prior": True}},
                                   self.run / "stage1.pth", overwrite=True)
-                self.teacher = self.frozen_copy_of(self.run / "stage1.pth")
-                self.state = RunState(stage=2, history=self.state.history, kmeans_done=True)
-                self.optimizer = self.make_optimizer()
+                self.begin_stage2(history=self.state.history)
             else:
                 break
         self.save(complete=True)
@@ -298,6 +308,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints (default 5)")
     p.add_argument("--log-every", type=int, default=25, help="steps between train_log.jsonl lines (default 25)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--stage1", metavar="PRIOR", help="skip stage 1: start stage 2 from this stage-1 prior (a run's "
+                   "stage1.pth of the same --preset; copied into --out)")
     args = p.parse_args(argv)
     args.out = str(args.out)  # the saved training state holds the args: plain values load with weights_only=True
     args.argv = list(argv)
@@ -319,7 +331,8 @@ def parse_args(argv: list[str]):
             p.error(f"--minutes must be a positive number; got {args.minutes}")
         if not 0 < args.stage1_share < 1:
             p.error(f"--stage1-share must be between 0 and 1; got {args.stage1_share}")
-        args.stage_minutes = (args.minutes * args.stage1_share, args.minutes * (1 - args.stage1_share))
+        share = 0.0 if args.stage1 else args.stage1_share  # a given prior: the whole budget is stage 2's
+        args.stage_minutes = (args.minutes * share, args.minutes * (1 - share))
     for flag, value, ok in (("--crop", args.crop, args.crop >= PAD_MULTIPLE and args.crop % PAD_MULTIPLE == 0),
                             ("--batch", args.batch, args.batch >= 1),
                             ("--lr", args.lr, 0 < args.lr < 1), ("--warmup", args.warmup, 0 <= args.warmup < 1),
@@ -327,6 +340,21 @@ def parse_args(argv: list[str]):
         if not ok:
             p.error(f"{flag} {value} is out of range (see --help)")
     return args
+
+
+def copy_stage1_prior(source: Path, target: Path, preset: str) -> None:
+    """Check that ``source`` is a complete stage-1 prior of ``preset`` and copy it to the run's stage1.pth."""
+    if not source.is_file():
+        raise InputError(f"--stage1 {source}: no such file; give a run's stage1.pth")
+    try:
+        meta = torch.load(source, map_location="cpu", weights_only=True).get("meta") or {}
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"--stage1 {source}: not a checkpoint torch can read ({type(e).__name__})") from None
+    if not meta.get("hq_prior") or meta.get("preset") != preset:
+        raise InputError(f"--stage1 {source}: not a stage-1 prior of preset {preset!r} (meta: hq_prior="
+                         f"{meta.get('hq_prior')}, preset={meta.get('preset')}); give a stage1.pth of a run of that preset")
+    if source.resolve() != target.resolve():
+        atomic_torch_save(torch.load(source, map_location="cpu", weights_only=True), target, overwrite=True)
 
 
 @common.run_main
@@ -348,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training on {len(images)} photos from {args.photos} ({len(holdout)} held out, {len(skipped)} unreadable)",
               file=sys.stderr)
         run.mkdir(parents=True, exist_ok=True)
+        if args.stage1 and not args.resume:
+            copy_stage1_prior(Path(args.stage1), run / "stage1.pth", args.preset)
         trainer = Trainer(args, images, holdout, run)
     except ToolkitError as e:
         print(f"error: {e}", file=sys.stderr)

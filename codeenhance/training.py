@@ -109,6 +109,21 @@ def stage2_step(model: CodeEnhance, teacher: CodeEnhance, dark: torch.Tensor, hq
     return losses, agreement
 
 
+def start_ift_at_identity(model: CodeEnhance) -> None:
+    """Make every IFT block start as (almost) the identity ``dec``, as stage 2 begins.
+
+    The blocks were skipped in stage 1, so they hold random weights that would scramble the stage-1 decoder's
+    input. Zeroing the last convolution of the scale and shift branches makes the texture term 0, and zeroing the
+    output of ``encode_enc2`` makes the style term ``dec * sqrt(eps)`` (~0.003 dec). Gradients still reach the
+    zeroed convolutions (their inputs are not zero), so stage 2 starts from the prior's output and learns from there.
+    """
+    with torch.no_grad():
+        for block in model.fuse_convs_dict.values():
+            for conv in (block.scale[-1], block.shift[-1], block.encode_enc2.conv[-1], block.encode_enc2.conv_out):
+                conv.weight.zero_()
+                conv.bias.zero_()
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
     """Lloyd's k-means on rows of x, seeded from ``generator``; empty clusters take a random row."""
     centers = x[torch.randperm(x.shape[0], generator=generator)[:k]].clone()

@@ -121,3 +121,35 @@ def test_degradation_is_seeded_darker_and_in_range():
     mild = degrade(photo, np.random.default_rng(1), exposure=STRENGTHS["mild"]).mean()
     severe = degrade(photo, np.random.default_rng(1), exposure=STRENGTHS["severe"]).mean()
     assert severe < mild < photo.mean()
+
+
+def test_stage2_starts_from_a_given_prior_with_ift_at_identity(photos, tmp_path):
+    first = tmp_path / "first"
+    r = train(photos, first, "--iters", "6,0", "--warmup", "0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "second"
+    r = train(photos, run, "--iters", "0,3", "--stage1", str(first / "stage1.pth"), "--log-every", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [(x["stage"], x["step"]) for x in log_lines(run)] == [(2, 1), (2, 2), (2, 3)]  # stage 1 skipped
+    prior = torch.load(first / "stage1.pth", weights_only=True)["params"]
+    assert all(torch.equal(prior[k], v) for k, v in torch.load(run / "stage1.pth", weights_only=True)["params"].items())
+
+    r = train(photos, tmp_path / "third", "--iters", "0,3", "--stage1", str(run / "net_g_latest.pth"))
+    assert r.returncode == 2 and "not a stage-1 prior" in r.stderr  # a stage-2 model is not a prior
+
+
+def test_ift_identity_start_keeps_the_prior_decoder_output():
+    from codeenhance.checkpoint import random_model
+    from codeenhance.training import decode, encode, start_ift_at_identity
+
+    model = random_model(TINY, seed=3).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        half, quarter, z = encode(model, x)
+        without = decode(model, half, quarter, z, 0.0)
+        scrambled = decode(model, half, quarter, z, 1.0)
+        start_ift_at_identity(model)
+        started = decode(model, half, quarter, z, 1.0)
+    spread = without.abs().max()
+    assert (scrambled - without).abs().max() > 0.05 * spread  # random IFT blocks change the output
+    assert (started - without).abs().max() < 0.02 * spread  # at the identity they (almost) do not

@@ -31,6 +31,7 @@ from pathlib import Path
 from benchmarks.harness import machine, specs  # light: no torch, so the worker starts lean
 from contract import cli as common
 from contract.errors import InputError
+from contract.integrity import check_graph_made_from
 from contract.graph import INPUT_W_STYLE, INPUT_W_TEXTURE
 from benchmarks.harness.artifacts import ArtifactError, Artifacts  # imports its tools lazily
 
@@ -90,6 +91,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     given = [f"--{n.replace('_', '-')}" for n in ("onnx", "onnx_fp16", "engine") if getattr(args, n)]
     if given and args.ckpt is None and not args._worker:
         p.error(f"{', '.join(given)} needs --ckpt, the checkpoint it was made from: the reference must be that model")
+    # The workers run from the repository root: relative paths are the user's, resolved here.
+    for name in ("ckpt", "onnx", "onnx_fp16", "engine", "artifacts", "images"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(getattr(args, name)).absolute())
+    if args.ckpt is not None and not args._worker:
+        for name in ("onnx", "onnx_fp16"):
+            if getattr(args, name) is not None:
+                check_graph_made_from(getattr(args, name), args.ckpt)
     return args
 
 

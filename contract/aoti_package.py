@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import BadArtifactError
 from .files import json_object
+from .integrity import check_zip
 from .graph import PAD_MULTIPLE, padded_size
 
 PACKAGE_KIND = "codeenhance-aoti"
@@ -109,6 +110,7 @@ def check_package(
     """The package's metadata, checked against this process: ``torch_version`` (torch.__version__ without the
     local part, e.g. "2.13.0"), ``device`` ("cpu"/"cuda"), the host CPU capability or the GPU's compute
     capability, and optionally the checkpoint it must come from. Raises StalePackageError naming every mismatch."""
+    verified = check_zip(Path(path), META_NAME, REBUILD)  # CRCs and our payload hash, before anything is read from it
     meta = read_package_meta(path)
     if meta is None:
         raise StalePackageError(
@@ -140,4 +142,4 @@ def check_package(
         problems.append("it lists no compiled models")
     if problems:
         raise StalePackageError(f"stale package {path}: " + "; ".join(problems) + f". {REBUILD[0].upper()}{REBUILD[1:]}.")
-    return meta
+    return {**meta, "integrity": "payload hash verified" if verified else "zip CRCs verified (no payload hash recorded)"}

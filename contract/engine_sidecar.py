@@ -8,12 +8,14 @@ with a clear message instead of failing inside ``deserialize_cuda_engine``.
 Fields the runtime relies on (keep these names stable): ``tensorrt_version`` (``tensorrt.__version__``
 of the builder), ``gpu_name`` and ``compute_capability`` (``"8.9"``). The rest is documentation:
 ``key``, ``precision`` (``"fp32"`` or ``"fp16-mixed"``, read from the graph), ``profile``, ``io``,
-``onnx``, ``build``, ``created``, ``toolkit_version``.
+``onnx``, ``build``, ``created``, ``toolkit_version``. ``engine_sha256`` (ENGINE_SHA256) is the integrity record:
+the engine's bytes must match it before they are deserialized.
 
 Nothing here imports TensorRT; GPU facts come from cuda-python or, failing that, torch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,9 +24,11 @@ from pathlib import Path
 
 from .errors import BadArtifactError
 from .files import json_object, write_bytes_atomically
+from .integrity import check_recorded
 from .optional import MissingDependency, import_cudart
 
 SIDECAR_SCHEMA = 1
+ENGINE_SHA256 = "engine_sha256"  # the sidecar field with the engine file's sha256 (written after the build)
 
 
 # An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell): a bad artifact.
@@ -106,6 +110,14 @@ def check_sidecar(
             f"stale TensorRT engine {engine_path}: " + "; ".join(problems) + ". Rebuild it with `python -m export.tensorrt`."
         )
     return content
+
+
+def check_engine_bytes(engine_path: str | os.PathLike, data: bytes) -> bool:
+    """The engine's bytes against the ``engine_sha256`` its sidecar records (contract.integrity), checked before
+    TensorRT deserializes them, whatever else is checked; False when no hash is recorded (no sidecar, trtexec)."""
+    content = read_sidecar(engine_path) or {}
+    return check_recorded(content.get(ENGINE_SHA256), hashlib.sha256(data).hexdigest(), engine_path,
+                          "rebuild it with `python -m export.tensorrt`")
 
 
 def detect_gpu(device: int = 0) -> GpuInfo | None:

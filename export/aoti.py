@@ -41,6 +41,7 @@ from codeenhance import CodeEnhance
 from codeenhance.padding import padded_size, symmetric_indices
 from contract.aoti_package import DYNAMIC_MODEL, META_NAME, META_PAD_MULTIPLE, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
+from contract.integrity import seal_zip
 from contract import sizes as contract_sizes
 from contract import cli as common
 from contract.errors import InputError, MissingDependency
@@ -291,6 +292,7 @@ def export_aoti(
             from torch.export.pt2_archive._package import package_pt2
 
             package_pt2(str(staged), aoti_files=files, extra_files={META_NAME: format_sidecar(meta) + "\n"})
+            seal_zip(staged, facts=META_NAME)
             os.replace(staged, tmp)
     return output.path
 

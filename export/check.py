@@ -18,6 +18,7 @@ import onnx
 from contract import formats
 from contract import cli as common
 from contract.errors import EXIT_OK, EXIT_PARTIAL, InputError
+from contract.integrity import check_onnx
 from contract.precision_rules import GraphIndex, index_graph
 
 # Operators the TensorRT ONNX parser imports (the part of docs/operators.md relevant to exported CNN/transformer
@@ -228,6 +229,7 @@ def load_onnx_file(path: str | Path) -> onnx.ModelProto:
         raise InputError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from e
     if not model.graph.node or not model.opset_import:
         raise InputError(f"{path} holds no ONNX graph (no nodes or no opset); export it again")
+    check_onnx(model, path)
     return model
 
 

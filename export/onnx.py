@@ -27,7 +27,8 @@ from codeenhance import CodeEnhance
 from contract import cli as common
 from contract.errors import EXIT_OK, InputError, NotFaithfulError
 from contract.files import AtomicOutput, file_sha256
-from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, PAD_MULTIPLE
+from contract.integrity import seal_onnx
+from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, META_CHECKPOINT_SHA256, OUTPUT_CODES, PAD_MULTIPLE
 
 from . import check as trt_check
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
@@ -91,6 +92,7 @@ def save_and_validate(graph: onnx.ModelProto, tmp: Path, validate: Validator | N
     """Let ``validate`` reject the graph, then write the reserved temp file (renamed into place by the caller)."""
     if validate is not None:
         validate(graph, model)
+    seal_onnx(graph)  # last: the payload hash covers exactly what is written
     onnx.save(graph, str(tmp))
 
 
@@ -118,7 +120,7 @@ def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: 
 
     return {
         "toolkit_version": codeenhance.__version__,
-        "checkpoint_sha256": checkpoint_sha256,
+        META_CHECKPOINT_SHA256: checkpoint_sha256,
         "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "padding": PADDING_RULE,
         "input_range": INPUT_RANGE,

@@ -30,6 +30,7 @@ from onnx import TensorProto
 from contract import cli as common
 from contract.errors import EXIT_OK, InputError
 from contract.files import AtomicOutput
+from contract.integrity import seal_onnx
 from contract.graph import FP16, FP32, META_PRECISION, check_io, reported_precision
 
 from .check import load_onnx_file
@@ -224,6 +225,7 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
                                             META_PRECISION: FP16 if plain else reported_precision(FP16)})
     with AtomicOutput(out) as tmp:  # renamed over ``out`` only when the converted graph passes the check
+        seal_onnx(converted)
         onnx.save(converted, str(tmp))
         check = run_check(tmp, images[0], reference, threads, plain)
     result = build_report(

@@ -26,6 +26,7 @@ from contract.files import update_digest
 
 from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
 from contract.errors import InputError
+from contract.integrity import check_onnx
 from contract.sizes import parse_size
 from contract.graph import (  # noqa: F401  (INPUT_NAMES, OUTPUT_ENHANCED: this module's names for the builder)
     BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, META_PRECISION, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
@@ -157,6 +158,7 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
+        check_onnx(model, path)
     except Exception as exc:  # protobuf raises several unrelated types for a corrupt file
         raise PlanError(f"{path} is not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.input or not model.graph.output:

@@ -59,8 +59,8 @@ class AotiBackend(BackendBase):
         try:
             self.meta = check_package(self.path, torch_version=torch.__version__, device=self.device.type,
                                       checkpoint_sha256=self.checkpoint_sha256, **facts)
-        except StalePackageError as e:
-            raise BackendError(f"aoti: {e}") from e
+        except StalePackageError as e:  # corrupt or stale: exit 2, rebuild it
+            raise StalePackageError(f"aoti: {e}") from None
         if self.threads:
             torch.set_num_threads(self.threads)
         # Load the first model now, so a package that cannot be loaded fails here and not on the first image.

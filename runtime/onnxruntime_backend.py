@@ -9,6 +9,8 @@ import numpy as np
 from contract.graph import (FP16, FP32, INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED,
                             check_io, reported_precision)
 
+from contract.integrity import check_onnx, read_onnx
+
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
 # Short names accepted for the execution providers, and the order "auto" tries them in.
@@ -104,6 +106,8 @@ class OnnxRuntimeBackend(BackendBase):
 
         if not self.model_path.is_file():
             raise BackendError(f"onnxruntime: model not found: {self.model_path}")
+        # The graph's recorded payload hash, before ORT runs a byte of it (a flipped weight parses fine).
+        self.verified = check_onnx(read_onnx(self.model_path), self.model_path)
         providers = resolve_providers(self.requested_providers, ort.get_available_providers())
         try:
             self.session = make_session(self.model_path, threads=self.threads, providers=providers,
@@ -137,6 +141,7 @@ class OnnxRuntimeBackend(BackendBase):
             max_batch=dim_limit(n),
             extra={
                 "model": str(self.model_path),
+                "integrity": "payload hash verified" if self.verified else "unverified (the graph records no payload hash)",
                 "providers": self.session.get_providers(),
                 "input_shape": list(self.inputs[INPUT_IMAGE].shape),
                 "outputs": list(self.output_names),

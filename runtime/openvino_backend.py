@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.errors import InputError
+from contract.errors import BadArtifactError, InputError
 from contract.files import update_digest
+from contract.integrity import CacheManifest, check_ir, check_onnx, read_onnx
 from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
                             check_io)
 
@@ -142,6 +143,10 @@ class OpenVINOBackend(BackendBase):
         if suffix == ".xml" and self.keep_fp32:
             raise InputError(f"openvino: keep_fp32 applies when converting an .onnx graph; the islands of the IR "
                              f"{self.model_path} were fixed when it was written")
+        # The recorded payload hash, before OpenVINO reads the file (a flipped weight converts and runs fine).
+        self.verified = (check_ir(self.model_path, "write it again with python -m export.openvino") if suffix == ".xml"
+                         else check_onnx(read_onnx(self.model_path), self.model_path))
+        self.cache_notes: list[str] = []
         try:
             if suffix == ".xml":
                 self.ir = self.model_path
@@ -175,7 +180,14 @@ class OpenVINOBackend(BackendBase):
         try:
             if shape is None:
                 # A path, not a Model: with CACHE_DIR a second start imports the blob without reading the graph.
+                # OpenVINO does not check its blobs: ours are verified against the hashes recorded when written.
+                blobs = CacheManifest(self.cache_dir, "*.blob") if self.cache_dir is not None else None
+                if blobs is not None:
+                    self.cache_notes += [f"compiled blob {name} rebuilt: it does not match the hash recorded when it "
+                                         "was written" for name in blobs.verify()]
                 self.compiled = self.core.compile_model(str(self.ir), self.device, self._config())
+                if blobs is not None:
+                    blobs.record()
             else:
                 model = self.core.read_model(str(self.ir)) if model is None else model
                 model.reshape({INPUT_IMAGE: list(shape), **{name: [shape[0]] for name in INPUT_NAMES if name != INPUT_IMAGE}})
@@ -208,7 +220,7 @@ class OpenVINOBackend(BackendBase):
         key = update_digest(hashlib.sha256(), self.model_path)
         key.update(repr((self.precision, self.keep_fp32, writer_fingerprint(self.ov_version))).encode())
         xml = self.cache_dir / f"{self.model_path.stem}-{self.precision}-{key.hexdigest()[:16]}.xml"
-        if xml.is_file() and xml.with_suffix(".bin").is_file():
+        if xml.is_file() and xml.with_suffix(".bin").is_file() and self._cached_ir_intact(xml):
             try:
                 self.islands = json.loads(xml.with_suffix(".json").read_text())
             except (OSError, ValueError):
@@ -216,6 +228,19 @@ class OpenVINOBackend(BackendBase):
             self.islands["reused_ir"] = True
             return xml
         return self._write_ir(core, xml)
+
+    def _cached_ir_intact(self, xml: Path) -> bool:
+        """A cached IR that fails its payload hash is deleted (and written again), with a note."""
+        try:
+            if check_ir(xml, "it is rebuilt"):
+                return True
+            why = "it records no payload hash"
+        except BadArtifactError as e:
+            why = str(e).split(";")[0]
+        for path in (xml, xml.with_suffix(".bin"), xml.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+        self.cache_notes.append(f"cached IR {xml.name} rebuilt: {why}")
+        return False
 
     def _write_ir(self, core, xml: Path) -> Path:
         self.islands = write_ir(core, self.model_path, xml, self.precision, self.keep_fp32)
@@ -268,6 +293,8 @@ class OpenVINOBackend(BackendBase):
                 "inference_precision_hint": hint,
                 "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                 "cache_dir": None if self.cache_dir is None else str(self.cache_dir),
+                "integrity": "payload hash verified" if self.verified else "unverified (the model records no payload hash)",
+                "cache_notes": list(self.cache_notes),
                 "input_shape": self.input_shape,
                 "shapes": self.shapes,
                 "ir": str(self.ir),

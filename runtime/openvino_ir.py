@@ -26,6 +26,7 @@ import numpy as np
 
 from contract.errors import InputError
 from contract.files import update_digest
+from contract.integrity import IR_SECTION, PAYLOAD_KEY, PLACEHOLDER, seal_ir
 from contract.graph import BF16, FP32_ISLANDS, reported_precision
 
 from .backend import BackendError
@@ -37,7 +38,8 @@ PRECISE_KEY = "precise_0"
 IR_FORMAT = 2  # 2: bf16 weights
 IR_SOURCES = (Path(__file__), Path(__file__).parents[1] / "contract" / "precision_rules.py")
 # Where the IR keeps the precision it was written for.
-META_PATH = ["codeenhance", "precision"]
+META_PATH = [IR_SECTION, "precision"]
+PAYLOAD_PATH = [IR_SECTION, PAYLOAD_KEY]  # contract.integrity: the hash of the .xml and .bin
 BF16_WEIGHT_PREFIX = "codeenhance_bf16_weights_"
 # The decompression mark as an IR attribute, and its rt_info key once read.
 DECOMPRESSION_ATTRIBUTE, DECOMPRESSION_KEY = "decompression", "decompression_0"
@@ -299,6 +301,7 @@ def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> 
         facts = {"onnx_nodes": len(keep), "reasons": dict(Counter(r for why in keep.values() for r in why)),
                  "ov_ops_marked": len(marked), "bf16_weights": store_weights_bf16(ov_model)}
     ov_model.set_rt_info(reported_precision(precision), META_PATH)
+    ov_model.set_rt_info(PLACEHOLDER, PAYLOAD_PATH)  # sealed with the real hash once the files are final
     # Write to a temporary name and rename: another process may read a cache folder at the same time.
     part = xml.with_name(xml.stem + f".{os.getpid()}.part.xml")
     try:
@@ -310,6 +313,7 @@ def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> 
         if tagged and decompression_marks(core.read_model(str(part))) != tagged:
             raise BackendError(f"openvino: OpenVINO {ov.get_version()} does not read back the decompression mark "
                                f"of bf16 weights ({part}); report it with this version")
+        seal_ir(part)
         part.with_suffix(".bin").replace(xml.with_suffix(".bin"))
         part.replace(xml)
     finally:

@@ -23,7 +23,7 @@ import numpy as np
 from contract import optional
 from contract.graph import (INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED, WEIGHT_NAMES,
                             check_io)
-from contract.engine_sidecar import GpuInfo, StaleEngineError, check_sidecar, detect_gpu
+from contract.engine_sidecar import GpuInfo, StaleEngineError, check_engine_bytes, check_sidecar, detect_gpu
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
@@ -63,9 +63,9 @@ def verify_sidecar(engine_path: Path, trt_version: str, gpu: GpuInfo) -> dict | 
     without one (trtexec); a record naming another TensorRT version or GPU is refused."""
     try:
         return check_sidecar(engine_path, trt_version, gpu.name, gpu.compute_capability, require=False)
-    except StaleEngineError as e:
-        raise BackendError(f"tensorrt: {e} An engine runs only with the TensorRT version and GPU model it was "
-                           "built for (or pass check_sidecar=False to try it anyway).") from e
+    except StaleEngineError as e:  # exit 2: rebuild it
+        raise StaleEngineError(f"tensorrt: {e} An engine runs only with the TensorRT version and GPU model it was "
+                               "built for (or pass check_sidecar=False to try it anyway).") from None
 
 
 class DeviceBuffers:
@@ -163,7 +163,9 @@ class TensorRTBackend(BackendBase):
         self.sidecar = verify_sidecar(self.engine_path, self.trt_version, self.gpu) if self.sidecar_check else None
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        data = self.engine_path.read_bytes()
+        self.verified = check_engine_bytes(self.engine_path, data)  # always: a corrupt engine never runs
+        self.engine = self.runtime.deserialize_cuda_engine(data)
         if self.engine is None:
             raise BackendError(
                 f"tensorrt: could not deserialize {self.engine_path} with TensorRT {self.trt_version} (see the "

@@ -19,7 +19,7 @@ from contract.aoti_package import META_NAME, bucket_for, check_package, read_pac
 from contract.errors import InputError
 from contract.files import file_sha256
 from export.aoti import find_compiler, main as aoti_main
-from runtime.backend import BackendError
+from contract.errors import BadArtifactError
 
 BUCKET = (96, 96)
 LONGEST = 94
@@ -117,7 +117,7 @@ def test_metadata_inside_package(tiny_pt2, tiny_ckpt):
     assert meta["models"] == {"b96x96": {"padded": [96, 96]}}
     assert meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert check_package(tiny_pt2, torch_version=torch.__version__, device="cpu",
-                         checkpoint_sha256=file_sha256(tiny_ckpt)) == meta
+                         checkpoint_sha256=file_sha256(tiny_ckpt)) == {**meta, "integrity": "payload hash verified"}
 
 
 def with_meta(src: Path, dst: Path, edit) -> Path:
@@ -146,14 +146,14 @@ def test_stale_or_foreign_package_refused(tiny_pt2, tmp_path, edit, message):
     from runtime.aoti_backend import AotiBackend
 
     stale = with_meta(tiny_pt2, tmp_path / "stale.pt2", edit)
-    with pytest.raises(BackendError, match=message):
+    with pytest.raises(BadArtifactError, match=message):  # exit 2: rebuild it
         AotiBackend(stale).load()
 
 
 def test_other_checkpoint_refused(tiny_pt2):
     from runtime.aoti_backend import AotiBackend
 
-    with pytest.raises(BackendError, match="different checkpoint"):
+    with pytest.raises(BadArtifactError, match="different checkpoint"):
         AotiBackend(tiny_pt2, checkpoint_sha256="0" * 64).load()
 
 
@@ -187,3 +187,26 @@ def test_fp16_package_on_cuda(tiny_ckpt, tmp_path, lowlight_dir):  # pragma: no 
             psnrs.append(psnr(got.enhanced, ref.enhanced))
             agreements.append(code_agreement(got.codes, ref.codes))
     assert np.mean(psnrs) >= 45 and min(agreements) >= 0.995, (psnrs, agreements)
+
+
+def test_corrupt_package_refused(tiny_pt2, tmp_path):
+    from runtime.aoti_backend import AotiBackend
+
+    with AotiBackend(tiny_pt2) as backend:
+        assert backend.meta["integrity"] == "payload hash verified"
+    flipped = tmp_path / "flipped.pt2"
+    data = bytearray(tiny_pt2.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 4096):
+        data[i] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(BadArtifactError, match=r"flipped\.pt2 is corrupt"):
+        AotiBackend(flipped).load()
+    # Rewritten with valid CRCs but one compiled file changed: only the recorded payload hash can tell.
+    edited = tmp_path / "edited.pt2"
+    with zipfile.ZipFile(tiny_pt2) as zin, zipfile.ZipFile(edited, "w") as zout:
+        largest = max(zin.infolist(), key=lambda i: i.file_size).filename
+        for item in zin.infolist():
+            body = zin.read(item)
+            zout.writestr(item, body[:-1] + bytes([body[-1] ^ 1]) if item.filename == largest else body)
+    with pytest.raises(BadArtifactError, match=r"edited\.pt2 is corrupt.*changed on disk"):
+        AotiBackend(edited).load()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from contract.engine_sidecar import GpuInfo, write_sidecar
+from contract.errors import BadArtifactError
 from runtime import BackendError, Enhancer
 from runtime.tensorrt_backend import (
     DeviceBuffers,
@@ -112,7 +113,7 @@ def test_sidecar_for_this_machine_is_accepted(tmp_path):
 def test_stale_engines_are_refused_with_the_reason(tmp_path, built, message):
     sidecar = {"tensorrt_version": TRT_VERSION, "gpu_name": H100.name, "compute_capability": "9.0", **built}
     engine = make_engine(tmp_path, sidecar)
-    with pytest.raises(BackendError, match=f"stale TensorRT engine .*{message}.*built for"):
+    with pytest.raises(BadArtifactError, match=f"stale TensorRT engine .*{message}.*built for"):
         verify_sidecar(engine, TRT_VERSION, H100)
 
 
@@ -120,7 +121,7 @@ def test_engines_without_a_sidecar_are_accepted_and_a_broken_one_is_not(tmp_path
     engine = make_engine(tmp_path, None)  # e.g. built with plain trtexec
     assert verify_sidecar(engine, TRT_VERSION, H100) is None
     (tmp_path / "model.plan.json").write_text("{ truncated")
-    with pytest.raises(BackendError, match="unreadable"):
+    with pytest.raises(BadArtifactError, match="unreadable"):
         verify_sidecar(engine, TRT_VERSION, H100)
 
 
@@ -200,7 +201,21 @@ def test_real_engine_with_a_stale_sidecar_is_refused(tiny_engine, tmp_path):
     copy.write_bytes(engine.read_bytes())
     sidecar = json.loads((engine.parent / "tiny.plan.json").read_text())
     write_sidecar(copy, {**sidecar, "tensorrt_version": "9.0.0"})
-    with pytest.raises(BackendError, match="stale TensorRT engine"):
+    with pytest.raises(BadArtifactError, match="stale TensorRT engine"):
         TensorRTBackend(copy).load()
     with TensorRTBackend(copy, check_sidecar=False):  # the escape hatch loads it
         pass
+
+
+def test_an_engine_that_does_not_match_its_recorded_hash_is_refused(tmp_path):
+    from contract.engine_sidecar import ENGINE_SHA256, check_engine_bytes, write_sidecar
+    from contract.files import file_sha256
+
+    engine = make_engine(tmp_path, None)
+    assert check_engine_bytes(engine, engine.read_bytes()) is False  # no sidecar (trtexec): unverified, not refused
+    write_sidecar(engine, {ENGINE_SHA256: file_sha256(engine)})
+    assert check_engine_bytes(engine, engine.read_bytes()) is True
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    with pytest.raises(BadArtifactError, match=r"model\.plan is corrupt.*changed on disk.*export\.tensorrt"):
+        check_engine_bytes(engine, bytes(data))

@@ -484,6 +484,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, f
     assert cache.read_bytes() == b"old timings+new timings"  # read, extended, written back
     sidecar = check_sidecar(tmp_path / "m.plan", "10.16.0.72", H100, "9.0")
     assert sidecar["build"]["builder_optimization_level"] == 4
+    assert sidecar["engine_sha256"] == hashlib.sha256(b"serialized engine").hexdigest()  # the integrity record
     kwargs = dict(calls)
     assert kwargs["NetworkFromOnnxPath"]["strongly_typed"] is True
     assert kwargs["CreateConfig"]["builder_optimization_level"] == 4

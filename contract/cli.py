@@ -159,10 +159,34 @@ def weight(text: str) -> float:
 
 # --- argument groups: each flag declared once -----------------------------------------------------------------------
 
+class ToolkitParser(argparse.ArgumentParser):
+    """argparse, plus the rule every tool shares: no output path (an argument of type ``output_path``) may name a
+    file given as an input (any other argument naming an existing file), so no tool writes over its own input."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        outputs, inputs = [], []
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if isinstance(v, (str, Path)) and str(v):
+                    (outputs if action.type is output_path else inputs).append((action, Path(v)))
+        for out_action, out in outputs:
+            if not out.is_file():
+                continue
+            for in_action, given in inputs:
+                if given.is_file() and given.samefile(out):
+                    self.error(f"{'/'.join(out_action.option_strings)} {out} is also the input "
+                               f"{'/'.join(in_action.option_strings) or in_action.dest} {given}: a tool never writes "
+                               f"over its own input; choose another {out_action.option_strings[-1]}")
+        return namespace, extras
+
+
 def parser(prog: str, description: str | None = None, **kwargs) -> argparse.ArgumentParser:
-    """An ArgumentParser with the shared ``--debug`` flag (read by ``run_main``)."""
+    """A ToolkitParser with the shared ``--debug`` flag (read by ``run_main``)."""
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    p = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    p = ToolkitParser(prog=prog, description=description, **kwargs)
     add_debug(p)
     return p
 

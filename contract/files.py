@@ -70,3 +70,69 @@ def json_object(text: str, what: str, error: type[Exception], fix: str) -> dict:
     if not isinstance(content, dict):
         raise error(f"{what} is not a JSON object; {fix}")
     return content
+
+
+class ManagedFolder:
+    """A folder a tool writes as a whole (a Triton model repository): it carries ``MANIFEST``, the list of the files
+    the tool wrote, so that ``--overwrite`` replaces exactly those. A folder holding anything else (a user's notes,
+    sources, the tool's own input) is refused, listing a few of the foreign files; nothing is deleted then.
+    """
+
+    MANIFEST = ".codeenhance-manifest.json"
+
+    def __init__(self, path: str | os.PathLike, tool: str, flag: str = "--out"):
+        self.path, self.tool, self.flag = Path(path), tool, flag
+
+    def files(self) -> set[str]:
+        return {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file() or p.is_symlink()}
+
+    def written(self) -> set[str] | None:
+        """The files the manifest lists, or None when there is no readable manifest."""
+        try:
+            listed = json.loads((self.path / self.MANIFEST).read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return set(listed) if isinstance(listed, list) else None
+
+    def prepare(self, overwrite: bool, inputs=()) -> None:
+        """Make the folder ready to write: created, or emptied of what this tool wrote (with ``overwrite``).
+        ``inputs``: paths the tool reads; one inside the folder is refused (it would be deleted before it is read).
+        Raises InputError, having deleted nothing, for any other content."""
+        from .errors import InputError
+
+        where = f"{self.flag} {self.path}"
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{where} is a file; name a folder for the {self.tool} output")
+        present = self.files() if self.path.is_dir() else set()
+        if not present:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return
+        if not overwrite:
+            raise InputError(f"{where} exists and is not empty; pass --overwrite to replace what {self.tool} wrote there")
+        root = self.path.resolve()
+        inside = [str(p) for p in map(Path, inputs) if p.exists() and root in Path(p).resolve().parents]
+        if inside:
+            raise InputError(f"{where} holds {', '.join(inside)}, an input of this command: --overwrite would delete "
+                             f"it before it is read; copy it elsewhere first or choose another {self.flag}")
+        written = self.written()
+        if written is None:
+            raise InputError(f"{where} has no {self.MANIFEST}, so it was not written by {self.tool} (or by an older "
+                             f"version); refusing to delete {len(present)} file(s) there, e.g. "
+                             f"{', '.join(sorted(present)[:3])}. Delete it yourself or choose another {self.flag}")
+        foreign = sorted(present - written - {self.MANIFEST})
+        if foreign:
+            raise InputError(f"{where} holds {len(foreign)} file(s) {self.tool} did not write: "
+                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them or choose "
+                             f"another {self.flag} (nothing was deleted)")
+        for name in sorted(written & present):
+            (self.path / name).unlink()
+        for folder in sorted((p for p in self.path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        (self.path / self.MANIFEST).unlink(missing_ok=True)
+
+    def record(self) -> None:
+        """List every file now in the folder as written by the tool (call it when the tool is done)."""
+        files = sorted(self.files() - {self.MANIFEST})
+        write_bytes_atomically(self.path / self.MANIFEST,
+                               (json.dumps({"tool": self.tool, "files": files}, indent=1) + "\n").encode())

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import cli as common
+from contract.files import ManagedFolder
 from contract.errors import EXIT_OK, InputError
 from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED, PAD_MULTIPLE,
                             WEIGHT_RANGE, check_io)
@@ -259,25 +260,23 @@ def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), en
     sidecar, trt_serving = check_engine(Path(engine), serving) if engine else (None, None)
     if python_model is not None and not Path(python_model).exists():
         raise RepositoryError(f"--python-model {python_model} not found")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RepositoryError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-        if not (out / "README.md").is_file() and not any(p.name == "config.pbtxt" for p in out.glob("*/config.pbtxt")):
-            raise RepositoryError(f"--out {out} does not look like a model repository; refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    options = {"threads": threads} if threads else {}
-    write_python_model(out, Path(python_model or model), serving, runtime_backend=python_backend or "",
-                       backend_options=options)
-    names = [PYTHON_MODEL]
-    write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model})
-    names.append(ONNX_MODEL)
-    if engine:
-        write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving, sidecar.get("compute_capability")),
-                    {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"})
-        names.append(TRT_MODEL)
-    (out / "README.md").write_text(operator_readme(names, serving, trt_serving, sidecar, precision, trt_ep_precision,
-                                                   Path(python_model or model).name, python_backend))
+    repository = ManagedFolder(out, "export.triton")
+    repository.prepare(overwrite, inputs=[p for p in (model, engine, python_model) if p is not None])
+    try:  # what was written is ours, also after a failure: a rerun with --overwrite may replace it
+        options = {"threads": threads} if threads else {}
+        write_python_model(out, Path(python_model or model), serving, runtime_backend=python_backend or "",
+                           backend_options=options)
+        names = [PYTHON_MODEL]
+        write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model})
+        names.append(ONNX_MODEL)
+        if engine:
+            write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving, sidecar.get("compute_capability")),
+                        {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"})
+            names.append(TRT_MODEL)
+        (out / "README.md").write_text(operator_readme(names, serving, trt_serving, sidecar, precision, trt_ep_precision,
+                                                       Path(python_model or model).name, python_backend))
+    finally:
+        repository.record()
     return names
 
 

@@ -19,6 +19,7 @@ from contract.aoti_package import (DYNAMIC_MIN_SIDE, DYNAMIC_MODEL, StalePackage
 from contract.errors import InputError
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
+from .options import AotiOptions
 
 DEVICES = ("cpu", "cuda")
 
@@ -30,9 +31,11 @@ class AotiBackend(BackendBase):
 
     name = "aoti"
 
-    def __init__(self, model: str | os.PathLike, *, device: str = "cpu", threads: int | None = None,
-                 checkpoint_sha256: str | None = None):
-        super().__init__()
+    Options = AotiOptions
+
+    def __init__(self, model: str | os.PathLike, **options):
+        super().__init__(**options)
+        device = self.device
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -40,8 +43,6 @@ class AotiBackend(BackendBase):
         if self.device.type not in DEVICES:
             raise BackendError(f"aoti: device must be cpu or cuda[:N], got {device!r}")
         self.path = Path(model)
-        self.threads = threads
-        self.checkpoint_sha256 = checkpoint_sha256
         self.meta: dict | None = None
         self.models: dict[str, object] = {}
 

@@ -8,6 +8,7 @@ Image-level work (dtype conversion, gray/alpha, batching, tiling) lives above ba
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from contract.errors import BackendError, InputError  # noqa: F401  (BackendError: the runtime's name for it)
 from contract.graph import WEIGHT_NAMES
+
+from .options import build
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,17 @@ class BackendBase:
     """Lifecycle shared by the backends, Polygraphy-runner style: public load/infer/close check state and inputs
     and call the subclass's ``_load``/``_infer``/``_close``; usable as a context manager."""
 
-    def __init__(self) -> None:
+    #: The backend's option dataclass (runtime.options); its fields are the constructor's keywords.
+    Options: type | None = None
+
+    def __init__(self, **options) -> None:
         self._loaded = False
         self._info: BackendInfo | None = None
+        if self.Options is not None:
+            self.options = build(self.Options, self.name, options)
+            # Each option is also an attribute of the same name (the backend may refine it, e.g. a device object).
+            for f in dataclasses.fields(self.options):
+                setattr(self, f.name, getattr(self.options, f.name))
 
     def load(self) -> None:
         if not self._loaded:

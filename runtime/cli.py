@@ -24,16 +24,49 @@ from contract.files import write_bytes_atomically
 from contract.images import ImageError, encode_image, is_image_path, read_image
 
 from .enhancer import DEFAULT_OVERLAP, ClippedInputWarning, Enhancer
+from .options import Flag, flags_of
 from .registry import BACKENDS, choose_backend, is_url
 
 EXIT_FAILED = EXIT_PARTIAL  # the name the tests and users of this module know
 # Errors that fail one image (its shape or type, or the backend refusing it) without stopping the run.
 ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
+
+
+def backend_flags() -> dict[str, tuple[Flag, list[str], list]]:
+    """option name -> (its Flag, each backend's help, the union of choices), over every backend's dataclass: a flag
+    several backends share is declared once."""
+    merged: dict[str, tuple[Flag, list[str], list]] = {}
+    for spec in BACKENDS.values():
+        for name, flag in flags_of(spec.options_class).items():
+            first, helps, choices = merged.setdefault(name, (flag, [], []))
+            if (flag.name, flag.type, flag.action) != (first.name, first.type, first.action):
+                raise TypeError(f"option {name}: {spec.name} declares it unlike the other backends ({flag} vs {first})")
+            helps.append(flag.help)
+            choices += [c for c in flag.choices or () if c not in choices]
+    return merged
+
+
 # The command-line flag of each backend option, for messages.
-OPTION_FLAGS = {"device": "--device", "precision": "--precision/--fp16", "providers": "--providers",
-                "threads": "--threads", "cache_dir": "--cache-dir",
-                "shapes": "--shapes", "cuda_graphs": "--cuda-graphs"}
+OPTION_FLAGS = {name: flag.name for name, (flag, _, _) in backend_flags().items()}
+OPTION_FLAGS["precision"] += "/--fp16"
 PRECISIONS = sorted({p for spec in BACKENDS.values() for p in spec.precisions})
+
+
+def add_backend_options(p) -> None:
+    """The flags of every backend option (runtime.options), each declared once."""
+    for name, (flag, helps, choices) in backend_flags().items():
+        text = "; ".join(helps)
+        if name == "threads":
+            common.add_threads(p, help=text)
+        elif name == "device":
+            common.add_device(p, help=text)
+        elif name == "precision":
+            common.add_precision(p, choices=choices, help=text + ". The FP32 islands (nearest-code search, normalisation "
+                                 "statistics) stay fp32; an .onnx graph's or an engine's precision is its own")
+        elif flag.action:
+            p.add_argument(flag.name, dest=name, action=flag.action, help=text)
+        else:
+            p.add_argument(flag.name, dest=name, type=flag.type, choices=choices or None, help=text)
 
 
 @dataclass
@@ -126,21 +159,8 @@ def parse_args(argv):
     p.add_argument("--model", required=True,
                    help=", ".join(f"{'/'.join(s.suffixes + s.schemes)} ({s.name})" for s in BACKENDS.values()))
     p.add_argument("--backend", choices=sorted(BACKENDS), help="default: from the model's suffix")
-    common.add_device(p, help="torch, aoti: cpu, cuda, cuda:1; tensorrt: GPU index; openvino: CPU")
-    common.add_precision(p, choices=PRECISIONS,
-                       help="torch: tf32, fp16 (CUDA autocast) or fp16-lean (fp16 weights, no autocast); openvino: bf16; "
-                            "the FP32 islands (nearest-code search, normalisation statistics) stay fp32. An .onnx graph's "
-                            "or an engine's precision is its own")
+    add_backend_options(p)
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="the same as --precision fp16")
-    p.add_argument("--cache-dir", type=Path,
-                   help="openvino: keep the IR converted from an .onnx here (and, with --shapes dynamic, the compiled "
-                        "model), so a second start is fast; an .xml model needs none")
-    p.add_argument("--shapes", choices=("static", "dynamic"),
-                   help="openvino: compile per input size (static, default: least memory) or once for all sizes")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="torch on CUDA: capture each input size once into a CUDA graph and replay it")
-    p.add_argument("--providers", help="onnxruntime: comma list of cpu, cuda, tensorrt, or auto (default cpu)")
-    common.add_threads(p, help="CPU threads for torch, onnxruntime or openvino (>= 1)")
     p.add_argument("--w-texture", type=common.weight, default=1.0, help="texture weight, 0..4 (default 1.0)")
     p.add_argument("--w-style", type=common.weight, default=1.0, help="style weight, 0..4 (default 1.0)")
     p.add_argument("--batch", type=common.positive_int, default=1, help="same-size images per model call (default 1)")

@@ -11,6 +11,7 @@ from contract.graph import (FP16, FP32, INPUT_IMAGE, INPUT_NAMES, META_PRECISION
 
 from contract.integrity import check_onnx, read_onnx
 
+from .options import OnnxRuntimeOptions
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 
 # Short names accepted for the execution providers, and the order "auto" tries them in.
@@ -91,14 +92,13 @@ class OnnxRuntimeBackend(BackendBase):
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike, *, providers=None, provider_options: dict | None = None,
-                 threads: int | None = None, inter_op_threads: int | None = None):
-        super().__init__()
+    Options = OnnxRuntimeOptions
+
+    def __init__(self, model_path: str | os.PathLike, **options):
+        super().__init__(**options)
         self.model_path = Path(model_path)
-        self.requested_providers = providers
-        self.provider_options = {PROVIDER_NAMES.get(k.lower(), k): v for k, v in (provider_options or {}).items()}
-        self.threads = threads
-        self.inter_op_threads = inter_op_threads
+        self.requested_providers = self.providers
+        self.provider_options = {PROVIDER_NAMES.get(k.lower(), k): v for k, v in (self.provider_options or {}).items()}
         self.session = None
 
     def _load(self) -> None:

@@ -37,10 +37,10 @@ from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OU
                             check_io)
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
+from .options import OPENVINO_PRECISIONS, OpenVINOOptions
 from .openvino_ir import import_openvino, ir_precision, write_ir, writer_fingerprint
 
-PRECISIONS = (FP32, BF16)
-SHAPES = ("static", "dynamic")
+PRECISIONS = OPENVINO_PRECISIONS
 # The shape compiled at load, to check the graph and report what runs in which precision before the first image.
 PROBE_HW = (32, 32)
 OV_HINT = {FP32: "f32", BF16: "bf16"}
@@ -95,22 +95,13 @@ class OpenVINOBackend(BackendBase):
 
     name = "openvino"
 
-    def __init__(self, model_path: str | os.PathLike, *, precision: str | None = None, threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, device: str = "CPU", keep_fp32=(), shapes: str = "static"):
-        super().__init__()
-        if precision is not None and precision not in PRECISIONS:
-            raise InputError(f"openvino: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if shapes not in SHAPES:
-            raise InputError(f"openvino: shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
-        if threads is not None and threads < 0:
-            raise InputError(f"openvino: threads must be >= 0, got {threads}")
+    Options = OpenVINOOptions
+
+    def __init__(self, model_path: str | os.PathLike, **options):
+        super().__init__(**options)
         self.model_path = Path(model_path)
-        self.precision = precision
-        self.threads = threads
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.device = device
-        self.keep_fp32 = tuple(keep_fp32)
-        self.shapes = shapes
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
+        self.keep_fp32 = tuple(self.keep_fp32)
         self.compiled = self.request = self.compiled_shape = None
         self.ir: Path | None = None
         self.workdir: Path | None = None  # the temporary folder of a converted IR, removed on close

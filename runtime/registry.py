@@ -1,11 +1,13 @@
-"""Every runtime backend, declared once: its name, the files it runs, its options and precisions.
+"""Every runtime backend, declared once: its name, the files it runs and its option dataclass (runtime.options).
 
-The Enhancer, the CLI and the benchmark harness derive what they accept from this table; the backend's module is
-imported only when the backend is used (torch, TensorRT and OpenVINO are heavy or optional). Adding a backend:
-one file in runtime/ with a ``BackendBase`` subclass, and one ``BackendSpec`` line here.
+The Enhancer, the CLI and the benchmark harness derive what they accept from this table and the dataclasses; the
+backend's module is imported only when the backend is used (torch, TensorRT and OpenVINO are heavy or optional).
+Adding a backend: one file in runtime/ with a ``BackendBase`` subclass, its dataclass in runtime/options.py, and
+one ``BackendSpec`` line here.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from contract import formats
 from contract.errors import InputError
+
+from . import options
 
 
 @dataclass(frozen=True)
@@ -22,9 +26,18 @@ class BackendSpec:
     cls: str
     suffixes: tuple[str, ...]  # model files it is chosen for by default
     kinds: tuple[str, ...]  # what the file must really be (contract.formats)
-    options: tuple[str, ...]  # constructor keywords the CLI may pass
-    precisions: tuple[str, ...]  # values of its ``precision`` option; () when the model file decides
+    options_class: type  # its options (runtime.options): the constructor's keywords
     schemes: tuple[str, ...] = ()  # URL schemes it serves instead of a file ("triton://")
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The option names."""
+        return tuple(f.name for f in dataclasses.fields(self.options_class))
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Values of its ``precision`` option; () when the model file decides."""
+        return options.precisions_of(self.options_class)
 
     def load_class(self):
         return getattr(importlib.import_module(self.module), self.cls)
@@ -32,17 +45,15 @@ class BackendSpec:
 
 BACKENDS = {spec.name: spec for spec in (
     BackendSpec("torch", "runtime.torch_backend", "TorchBackend", (".pth", ".pt"), (formats.TORCH_CHECKPOINT,),
-                ("device", "precision", "threads", "cuda_graphs"), ("fp32", "tf32", "fp16", "fp16-lean")),
+                options.TorchOptions),
     BackendSpec("onnxruntime", "runtime.onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), (formats.ONNX_GRAPH,),
-                ("providers", "threads"), ()),
+                options.OnnxRuntimeOptions),
     BackendSpec("tensorrt", "runtime.tensorrt_backend", "TensorRTBackend", (".plan", ".engine", ".trt"), (),
-                ("device",), ()),
+                options.TensorRTOptions),
     BackendSpec("openvino", "runtime.openvino_backend", "OpenVINOBackend", (".xml",),
-                (formats.OPENVINO_IR, formats.ONNX_GRAPH), ("precision", "threads", "cache_dir", "device", "shapes"),
-                ("fp32", "bf16")),
-    BackendSpec("aoti", "runtime.aoti_backend", "AotiBackend", (".pt2",), (formats.TORCH_PACKAGE,),
-                ("device", "threads"), ()),
-    BackendSpec("triton", "runtime.triton_backend", "TritonBackend", (), (), (), (), schemes=("triton://",)),
+                (formats.OPENVINO_IR, formats.ONNX_GRAPH), options.OpenVINOOptions),
+    BackendSpec("aoti", "runtime.aoti_backend", "AotiBackend", (".pt2",), (formats.TORCH_PACKAGE,), options.AotiOptions),
+    BackendSpec("triton", "runtime.triton_backend", "TritonBackend", (), (), options.TritonOptions, schemes=("triton://",)),
 )}
 
 

@@ -26,6 +26,7 @@ from contract.graph import (INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_COD
 from contract.engine_sidecar import GpuInfo, StaleEngineError, check_engine_bytes, check_sidecar, detect_gpu
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
+from .options import TensorRTOptions
 
 
 # TensorRT DataType member name -> numpy dtype of the host array that is copied in or out.
@@ -143,11 +144,13 @@ class TensorRTBackend(BackendBase):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | os.PathLike, *, device: int | str = 0, check_sidecar: bool = True):
-        super().__init__()
+    Options = TensorRTOptions
+
+    def __init__(self, engine_path: str | os.PathLike, **options):
+        super().__init__(**options)
         self.engine_path = Path(engine_path)
-        self.device_index = cuda_index(device)
-        self.sidecar_check = check_sidecar
+        self.device_index = cuda_index(self.device)
+        self.sidecar_check = self.check_sidecar
         self.engine = self.context = self.stream = self.buffers = None
 
     def _load(self) -> None:

@@ -14,8 +14,7 @@ from codeenhance.islands import keep_fp32_islands, lean_fp16
 from contract.graph import FP16, FP16_MIXED, FP32
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
-
-PRECISIONS = (FP32, "tf32", FP16, "fp16-lean")
+from .options import TORCH_PRECISIONS as PRECISIONS, TorchOptions  # noqa: F401  (PRECISIONS: this module's name)
 # How each fp16 precision keeps its FP32 islands (reported in describe().extra["fp16"]); both report fp16-mixed.
 FP16_FORMS = {FP16: "autocast", "fp16-lean": "lean"}
 
@@ -38,11 +37,11 @@ class TorchBackend(BackendBase):
 
     name = "torch"
 
-    def __init__(self, model: str | os.PathLike | CodeEnhance, *, device: str = "cpu", precision: str = "fp32",
-                 threads: int | None = None, cuda_graphs: bool = False):
-        super().__init__()
-        if precision not in PRECISIONS:
-            raise BackendError(f"torch: precision must be one of {PRECISIONS}, got {precision!r}")
+    Options = TorchOptions
+
+    def __init__(self, model: str | os.PathLike | CodeEnhance, **options):
+        super().__init__(**options)
+        device, precision, cuda_graphs = self.device, self.precision, self.cuda_graphs
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -55,10 +54,7 @@ class TorchBackend(BackendBase):
         if cuda_graphs and self.device.type != "cuda":
             raise BackendError(f"torch: cuda_graphs needs a CUDA device, got {device!r}")
         self.source = model
-        self.precision = precision
-        self.cuda_graphs = cuda_graphs
         self.graphs: dict = {}  # (shape, dtype) -> (graph, static inputs, static outputs)
-        self.threads = threads
         self.model: CodeEnhance | None = None
 
     def _load(self) -> None:

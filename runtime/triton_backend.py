@@ -18,6 +18,7 @@ from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_NAM
 from contract.sizes import parse_size
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
+from .options import TritonOptions
 
 # triton://HOST[:PORT]/MODEL[/VERSION]; "triton:/" too, which is what pathlib makes of "triton://" (it folds "//").
 URL = re.compile(r"^triton:/{1,2}(?P<host>\[[^\]]+\]|[^/:\[\]]+)(?::(?P<port>\d+))?/(?P<model>[^/]+)(?:/(?P<version>\d+))?/?$")
@@ -43,16 +44,18 @@ def configured_size(text: str) -> tuple[int, int] | None:
 
 
 class TritonBackend(BackendBase):
-    """``url``: triton://HOST:PORT/MODEL (HTTP port). ``timeout``: seconds for one request (a large batch on CPU
-    takes long; default 600)."""
+    """``url``: triton://HOST:PORT/MODEL (HTTP port). ``timeout``: seconds for one inference request (a large batch
+    on CPU takes long; default 600). ``connect_timeout``: seconds to connect and for each answer while loading
+    (liveness, readiness, model config; default 10): a port that accepts and never answers fails in that time."""
 
     name = "triton"
 
-    def __init__(self, url: str | os.PathLike, *, timeout: float = 600.0):
-        super().__init__()
+    Options = TritonOptions
+
+    def __init__(self, url: str | os.PathLike, **options):
+        super().__init__(**options)
         self.url = str(url)
         self.host, self.port, self.model, self.version = parse_url(self.url)
-        self.timeout = timeout
         self.client = None
         self.config: dict = {}
 
@@ -67,23 +70,36 @@ class TritonBackend(BackendBase):
         except ImportError as e:
             raise BackendError(f"triton: tritonclient is not installed ({e}); {INSTALL_HINT}") from e
         self._httpclient, self._server_error = httpclient, InferenceServerException
-        self.client = httpclient.InferenceServerClient(url=f"{self.host}:{self.port}", connection_timeout=10.0,
-                                                       network_timeout=self.timeout)
+        # Loading talks to the server with the short bound; inference gets the long one once the model is known.
+        self.client = httpclient.InferenceServerClient(url=f"{self.host}:{self.port}", connection_timeout=self.connect_timeout,
+                                                       network_timeout=self.connect_timeout)
         try:
             if not self.client.is_server_live():
                 raise BackendError(f"triton: the server at {self.host}:{self.port} is not live")
             if not self.client.is_model_ready(self.model, self.version):
-                models = [m.get("name") for m in self.client.get_model_repository_index() if m.get("state") == "READY"]
+                index = self.client.get_model_repository_index()
+                ready = sorted({m.get("name") for m in index if m.get("state") == "READY"})
+                versions = sorted(m.get("version", "") for m in index if m.get("name") == self.model and m.get("state") == "READY")
+                if self.version and versions:
+                    raise BackendError(f"triton: version {self.version} of model {self.model!r} is not served on "
+                                       f"{self.host}:{self.port} (ready versions: {', '.join(versions)}); drop the "
+                                       f"version from the URL or name one of those")
                 raise BackendError(f"triton: model {self.model!r} is not ready on {self.host}:{self.port} "
-                                   f"(ready: {', '.join(models) or 'none'})")
+                                   f"(ready: {', '.join(ready) or 'none'})")
             self.config = self.client.get_model_config(self.model, self.version)
         except BackendError:
             self.client.close()
             raise
         except Exception as e:  # noqa: BLE001 - connection refused, DNS, timeouts: geventhttpclient raises several types
             self.client.close()
-            raise BackendError(f"triton: cannot reach {self.where} ({type(e).__name__}: {e}); start the server with "
+            timed_out = "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower()
+            why = (f"no answer within {self.connect_timeout:g} s (connect_timeout)" if timed_out
+                   else f"{type(e).__name__}: {e}")
+            raise BackendError(f"triton: cannot reach {self.where} ({why}); start the server with "
                                "python -m runtime.serve --repository REPO, or check HOST:PORT (the HTTP port)") from e
+        self.client.close()
+        self.client = httpclient.InferenceServerClient(url=f"{self.host}:{self.port}", connection_timeout=self.connect_timeout,
+                                                       network_timeout=self.timeout)
         inputs = {i["name"]: i for i in self.config.get("input", [])}
         outputs = {o["name"] for o in self.config.get("output", [])}
         try:

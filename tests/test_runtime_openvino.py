@@ -9,6 +9,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from contract.errors import BadArtifactError
+
 from export.fidelity import psnr
 from runtime import BackendError
 from runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -140,7 +142,7 @@ def test_bad_options_and_files_are_refused(tiny_onnx, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    with pytest.raises(BackendError, match="cannot load"):
+    with pytest.raises(BadArtifactError, match="bad.onnx is corrupt: onnx cannot parse it"):  # exit 2
         OpenVINOBackend(bad).load()
     assert not list(scratch.iterdir())  # no conversion folder left behind
     with pytest.raises(BackendError, match=r"\.onnx graph or an OpenVINO IR"):

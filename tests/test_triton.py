@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import numpy as np
 import pytest
 
 from export.triton import ONNX_MODEL, PYTHON_MODEL, TRT_MODEL, RepositoryError, Serving, write_repository
+
+REPO = Path(__file__).resolve().parents[1]
 
 MAX_HW = (160, 192)  # small, so that "beyond the configured maximum" is cheap to send
 
@@ -86,8 +90,9 @@ def test_repository_refuses_bad_inputs(tiny_onnx, tmp_path):
     write_repository(tiny_onnx, tmp_path / "r2", overwrite=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep")
-    with pytest.raises(RepositoryError, match="does not look like a model repository"):
+    with pytest.raises(RepositoryError, match="has no .codeenhance-manifest.json.*notes.txt"):
         write_repository(tiny_onnx, tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep"
     with pytest.raises(RepositoryError, match="graph contract|not a valid ONNX"):
         bogus = tmp_path / "bogus.onnx"
         bogus.write_bytes(b"\x08\x07garbage")
@@ -254,3 +259,33 @@ def test_server_killed_mid_run_fails_each_image_by_name_and_writes_nothing_parti
     assert sorted(Path(f).name for f in failed) == ["photo1.png", "photo2.png", "photo3.png"]
     for reason in failed.values():
         assert "triton" in reason and "image(s) of" in reason
+
+
+def test_overwrite_replaces_only_what_the_exporter_wrote(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo)
+    written = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file())
+    (repo / "README.md").write_text("the operator's own notes")  # ours, edited: still ours to replace
+    write_repository(tiny_onnx, repo, overwrite=True)
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == written
+    assert "the operator's own notes" not in (repo / "README.md").read_text()
+
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("print('mine')")
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    with pytest.raises(RepositoryError, match=r"1 file\(s\) export.triton did not write: src/app.py.*nothing was deleted"):
+        write_repository(tiny_onnx, repo, overwrite=True)
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_never_deletes_its_own_input(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo)
+    inside = next(repo.glob("*/1/model.onnx"))  # a graph that lives inside the old repository
+    before = inside.read_bytes()
+    with pytest.raises(RepositoryError, match="an input of this command"):
+        write_repository(inside, repo, overwrite=True)
+    assert inside.read_bytes() == before
+    r = subprocess.run([sys.executable, "-m", "export.triton", "--model", str(inside), "--out", str(repo), "--overwrite"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "an input of this command" in r.stderr and inside.read_bytes() == before

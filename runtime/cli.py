@@ -28,8 +28,6 @@ from .options import Flag, flags_of
 from .registry import BACKENDS, choose_backend, is_url
 
 EXIT_FAILED = EXIT_PARTIAL  # the name the tests and users of this module know
-# Errors that fail one image (its shape or type, or the backend refusing it) without stopping the run.
-ENHANCE_ERRORS = (ValueError, TypeError, ToolkitError)
 
 
 def backend_flags() -> dict[str, tuple[Flag, list[str], list]]:
@@ -206,15 +204,11 @@ def prepare_outdir(outdir: Path) -> None:
         raise InputError(f"-o {outdir}: the output folder is not writable")
 
 
-def describe_tiling(enhancer: Enhancer, image, source: Path) -> str | None:
-    """A note for an image that is run in tiles, with why; None for one run whole."""
+def describe_tiling(enhancer: Enhancer, image, source: Path, patches) -> str:
+    """The note for an image run in tiles (``patches``: the Enhancer's plan for it), with why."""
     h, w = image.shape[:2]
-    patches = enhancer.plan(0, h, w)
-    if len(patches) == 1:
-        return None
     th, tw = patches[0].h, patches[0].w
-    why = (f"above --tile {enhancer.tile}" if enhancer.tile else
-           f"above {enhancer.max_pixels:,} pixels per model call (the memory budget; --tile 0 runs it whole)")
+    why = enhancer.tile_reason().replace("tile=", "--tile ")
     return f"{source.name}: {w}x{h} is enhanced in {len(patches)} tiles of {tw}x{th} ({why}); tiles only approximate " \
            "the whole-image result (the IFT statistics are global)"
 
@@ -242,10 +236,6 @@ def enhance_jobs(enhancer: Enhancer, jobs: list[Job], args, run: Run) -> None:
                 except ImageError as e:
                     run.problems.append((str(job.source), str(e)))
                     bar.update(1)
-            for job, image in zip(chunk, images):
-                note = describe_tiling(enhancer, image, job.source)
-                if note:
-                    tqdm.write(note, file=sys.stderr)
             outputs = enhance_chunk(enhancer, chunk, images, args, run)
             for job, output in zip(chunk, outputs):
                 try:
@@ -275,15 +265,12 @@ def enhance_chunk(enhancer: Enhancer, chunk: list[Job], images: list, args, run:
                 tiles.total = total
                 tiles.update(done - tiles.n)
 
-        try:
-            outputs = enhancer.enhance_batch(images, args.w_texture, args.w_style, progress=progress)
-        except ENHANCE_ERRORS:  # one odd image (e.g. float64) fails the chunk: go one by one
-            outputs = []
-            for image in images:
-                try:
-                    outputs.append(enhancer.enhance(image, args.w_texture, args.w_style))
-                except ENHANCE_ERRORS as e:
-                    outputs.append(e)
+        def on_tiles(index: int, patches) -> None:
+            tqdm.write(describe_tiling(enhancer, images[index], chunk[index].source, patches), file=sys.stderr)
+
+        # One odd image (e.g. float64) or a backend call that refuses it fails alone: its exception comes back.
+        outputs = enhancer.enhance_batch(images, args.w_texture, args.w_style, progress=progress, on_tiles=on_tiles,
+                                         errors="return")
     names = ", ".join(str(job.source) for job in chunk)
     run.notes += [(names, str(w.message)) for w in caught if issubclass(w.category, ClippedInputWarning)]
     return outputs

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.errors import InputError
+from contract.errors import InputError, ToolkitError
 from contract.images import SCALES
 from contract.graph import PAD_MULTIPLE, WEIGHT_NAMES, per_image_weights
 
 from .backend import Backend, BackendError
 from .registry import choose_backend
+
+# Errors that fail one image (its shape or type, or the backend refusing it) without stopping the others.
+FAILS_ONE_IMAGE = (ValueError, TypeError, ToolkitError)
 
 # Tile overlap, from benchmarks/tiling.py on the golden checkpoint: 0 -> 32 px gains ~1.9 dB against the
 # whole-image result, 32 -> 48 or 64 px under 0.05 dB; the tile size matters far more.
@@ -264,20 +267,44 @@ class Enhancer:
         image gives a PIL image. ``progress`` as in ``enhance_batch``."""
         return self.enhance_batch([image], w_texture, w_style, progress=progress)[0]
 
-    def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0, *, progress=None) -> list[np.ndarray]:
+    def enhance_batch(self, images: Sequence[np.ndarray], w_texture=1.0, w_style=1.0, *, progress=None,
+                      on_tiles=None, errors: str = "raise") -> list:
         """Several images (any sizes); weights are floats or one per image. Same-size images and tiles are run
         together, ``batch`` at a time. ``progress(done, total)``, if given, is called as each patch (a whole image
-        or a tile) is done, with the number done so far and the total."""
+        or a tile) is done, with the number done so far and the total. ``on_tiles(index, patches)``, if given, is
+        called once for each image that is run in tiles, with its plan (``tile_reason`` says why).
+        ``errors="return"``: an image that cannot be converted, or whose backend call fails, gets its exception
+        in the returned list in place of an image and the others go on (a failed call fails the images it held);
+        ``"raise"``: the first error is raised."""
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         w_texture, w_style = (per_image_weights(value, len(images), name)
                               for name, value in zip(WEIGHT_NAMES, (w_texture, w_style)))
-        converted = [to_model_input(image, self.channel_order) for image in images]
-        inputs = [x for x, _ in converted]
-        patches = [p for i, x in enumerate(inputs) for p in self.plan(i, *x.shape[1:])]
-        outputs: list[np.ndarray | None] = [None] * len(inputs)
+        failed: dict[int, Exception] = {}
+        converted: list = [None] * len(images)
+        for i, image in enumerate(images):
+            try:
+                converted[i] = to_model_input(image, self.channel_order)
+            except FAILS_ONE_IMAGE as e:
+                if errors == "raise":
+                    raise
+                failed[i] = e
+        inputs = [None if c is None else c[0] for c in converted]
+        patches = []
+        for i, x in enumerate(inputs):
+            if x is not None:
+                plan = self.plan(i, *x.shape[1:])  # once per image: the tiling notes come from this plan
+                if on_tiles is not None and len(plan) > 1:
+                    on_tiles(i, plan)
+                patches += plan
+        outputs: list = [None] * len(inputs)
         blends = {}  # image -> (weighted sum [3,H,W], weight sum [H,W]) of its tiles
-        for done, (patch, out) in enumerate(self._infer_patches(inputs, patches, w_texture, w_style), 1):
+        for done, (patch, out) in enumerate(self._infer_patches(inputs, patches, w_texture, w_style, errors), 1):
             if progress is not None:
                 progress(done, len(patches))
+            if isinstance(out, Exception) or patch.image in failed:
+                failed.setdefault(patch.image, out)
+                continue
             if patch.weight is None:
                 outputs[patch.image] = out
                 continue
@@ -289,11 +316,18 @@ class Enhancer:
             total[:, rows, cols] += out * patch.weight
             weight[rows, cols] += patch.weight
         for i, (total, weight) in blends.items():
-            outputs[i] = total / weight
-        return [from_model_output(out, layout) for out, (_, layout) in zip(outputs, converted)]
+            if i not in failed:
+                outputs[i] = total / weight
+        return [failed[i] if i in failed else from_model_output(out, converted[i][1]) for i, out in enumerate(outputs)]
 
-    def _infer_patches(self, inputs, patches, w_texture, w_style):
-        """Run the patches grouped by size, ``batch`` at a time within the pixel budget; yields (patch, output)."""
+    def tile_reason(self) -> str:
+        """Why images are tiled, for messages."""
+        return (f"above tile={self.tile}" if self.tile else
+                f"above {self.max_pixels:,} pixels per model call (the memory budget; tile=0 runs it whole)")
+
+    def _infer_patches(self, inputs, patches, w_texture, w_style, errors: str = "raise"):
+        """Run the patches grouped by size, ``batch`` at a time within the pixel budget; yields (patch, output),
+        or (patch, exception) for each patch of a failed call with ``errors="return"``."""
         by_size = defaultdict(list)
         for patch in patches:
             by_size[patch.h, patch.w].append(patch)
@@ -303,7 +337,13 @@ class Enhancer:
                 chunk = group[start:start + per_call]
                 batch = np.stack([inputs[p.image][:, p.y:p.y + p.h, p.x:p.x + p.w] for p in chunk])
                 index = [p.image for p in chunk]
-                yield from zip(chunk, self._run(batch, w_texture[index], w_style[index]))
+                try:
+                    results = list(self._run(batch, w_texture[index], w_style[index]))
+                except FAILS_ONE_IMAGE as e:
+                    if errors == "raise":
+                        raise
+                    results = [e] * len(chunk)
+                yield from zip(chunk, results)
 
     def _run(self, batch: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> np.ndarray:
         """Backend call; inputs below the backend's smallest shape are mirror-padded to it and cropped back.

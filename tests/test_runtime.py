@@ -373,6 +373,24 @@ def test_shape_limits_drive_tiling_and_padding():
     assert all(c[0] * c[2] * c[3] <= 40 * 40 for c in budget.calls) and len(budget.calls) > 1
 
 
+def test_a_bad_image_or_a_refused_call_fails_alone_and_each_image_is_planned_once():
+    small, large, tiled = (random_image(shape, seed=i) for i, shape in enumerate([(20, 30, 3), (100, 90, 3), (70, 70, 3)]))
+    refusing = Enhancer(backend=GammaBackend(max_hw=(48, 48)), tile=0)  # refuses the large image
+    bad = np.zeros(5)  # not an image
+    out = refusing.enhance_batch([small, bad, large], errors="return")
+    assert out[0].shape == small.shape
+    assert isinstance(out[1], (TypeError, ValueError)) and isinstance(out[2], ValueError) and "exceeds" in str(out[2])
+    with pytest.raises(TypeError):
+        refusing.enhance_batch([small, bad])  # errors="raise", the default
+
+    plans = []
+    backend = GammaBackend()
+    enhancer = Enhancer(backend=backend, tile=48, overlap=8)
+    outputs = enhancer.enhance_batch([small, tiled], on_tiles=lambda i, patches: plans.append((i, len(patches))))
+    assert plans == [(1, len(plan_patches(1, 70, 70, (48, 48), 8)))]  # the tiled image only, once
+    assert outputs[1].shape == tiled.shape and "above tile=48" in enhancer.tile_reason()
+
+
 def test_batches_group_same_sizes_and_keep_per_image_weights(tiny_model):
     class Recording(TorchBackend):
         def _infer(self, images, w_texture, w_style):

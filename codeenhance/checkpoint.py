@@ -14,6 +14,7 @@ import torch
 
 from .blocks import Encoder
 from .config import OFFICIAL, CodeEnhanceConfig
+from contract import formats
 from contract.errors import InputError
 from contract.files import AtomicOutput
 from .network import CodeEnhance
@@ -60,6 +61,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file (e.g. {path}/net_g_latest.pth)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); the download or copy did not finish")
+    kind = formats.detect(path)
+    if kind not in (formats.TORCH_CHECKPOINT, formats.UNKNOWN):  # an unknown start may still be a legacy file
+        made = {formats.ONNX_GRAPH: "an exported graph", formats.TORCH_PACKAGE: "a compiled package",
+                formats.OPENVINO_IR: "an OpenVINO model"}.get(kind)
+        raise CheckpointError(f"{path} is {formats.a(kind)}, not a torch checkpoint"
+                              + (f" ({made}); pass the .pth checkpoint it was made from" if made else
+                                 "; pass the CodeEnhance generator checkpoint (BasicSR net_g .pth)"))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -139,6 +140,31 @@ def existing_dir(kind: str = "folder"):
 
     parse.__name__ = kind
     return parse
+
+
+def file_path(kind: str = "file"):
+    """An argparse type for a file that may not exist yet (read if present, written later): not a folder."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the {kind} path is empty")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; name the {kind} itself (e.g. {Path(text) / 'trt.cache'})")
+        return path
+
+    parse.__name__ = kind
+    return parse
+
+
+VERSION = re.compile(r"^\d+(\.\d+){0,3}$")
+
+
+def version(text: str) -> str:
+    """A release number such as 10, 10.16 or 10.16.0.72."""
+    if not VERSION.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number such as 10.16 or 10.16.0.72")
+    return text.strip()
 
 
 def output_path(text: str) -> Path:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from .errors import InputError
 
+# The largest side a size may have: beyond it a static profile, bucket or benchmark size only exhausts memory
+# (images larger than a model's limit are run in tiles, which takes no size argument).
+MAX_SIDE = 16384
+
 # Named sizes are H x W, landscape, as video frames are.
 SIZE_ALIASES = {"720p": (720, 1280), "1080p": (1080, 1920), "1440p": (1440, 2560), "4k": (2160, 3840)}
 
@@ -22,6 +26,9 @@ def parse_size(text: str) -> tuple[int, int]:
         raise InputError(f"size {text!r} is not HxW (e.g. 256x256) or one of {', '.join(SIZE_ALIASES)}")
     if min(values) < 1:
         raise InputError(f"size {text!r} must be positive")
+    if max(values) > MAX_SIDE:
+        raise InputError(f"size {text!r} has a side above {MAX_SIDE}, the largest this toolkit plans for; larger "
+                         "images are enhanced in tiles")
     return values
 
 

@@ -81,7 +81,9 @@ def export_ir(src: Path, out: Path, precision: str = "bf16", keep_fp32=(), overw
             raise PrecisionError(f"{out.with_suffix('.bin')} exists; pass --overwrite to replace it")
         load_codeenhance_graph(src)  # a CodeEnhance FP32 graph, else a clear error
         check = check and precision == "bf16"
-        images, source, _ = fidelity.calibration_images(calib, calib_count, calib_size) if check else ([], "", [])
+        images, source, skipped = fidelity.calibration_images(calib, calib_count, calib_size) if check else ([], "", [])
+        for reason in skipped:  # said, not silently dropped: the gate then runs on fewer photos than asked
+            print(f"skipped calibration image {reason}", file=sys.stderr)
     except (PrecisionError, ValueError, OSError) as e:
         raise OpenVINOExportError(str(e)) from e
     ov = import_openvino()

@@ -5,8 +5,8 @@ per image in, the FP32 enhanced batch out):
 
 - ``codeenhance``: Python backend running the model through this toolkit's runtime backends (ONNX Runtime by
   default, or any backend of ``runtime.registry`` with --python-model/--python-backend). It runs on any Triton,
-  GPU or not, and is the one ``python -m runtime.serve`` serves here. Checks each request (weights, NaN, the
-  largest size) and answers a bad one with an error without failing the rest of its batch.
+  GPU or not, and is the one ``python -m runtime.serve`` serves here. Checks each request (weights, NaN, pixels
+  outside [0,1], the largest size) and answers a bad one with an error without failing the rest of its batch.
 - ``codeenhance_onnx``: the ``onnxruntime_onnx`` platform with the TensorRT (FP32 by default) and CUDA execution
   accelerators configured, for a Triton with a GPU.
 - ``codeenhance_trt``: the ``tensorrt_plan`` platform for an engine from ``python -m export.tensorrt`` (only with
@@ -29,6 +29,7 @@ from contract.files import ManagedFolder
 from contract.errors import EXIT_OK, InputError
 from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED, PAD_MULTIPLE,
                             WEIGHT_RANGE, check_io)
+from runtime.registry import BACKENDS, choose_backend, is_url
 
 PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
@@ -233,6 +234,20 @@ def write_model(repo: Path, name: str, config: str, files: dict[str, Path | str]
     return repo / name
 
 
+def check_python_model(source: Path, backend: str | None, flag: str) -> None:
+    """What the Python model will run, checked now by the rule it uses on the server (runtime.registry): a file
+    the chosen backend runs, with everything it needs beside it."""
+    try:
+        choose_backend(source, backend or None)
+    except InputError as e:
+        raise RepositoryError(f"{flag} {source}: {str(e).replace('--backend', '--python-backend')}") from None
+    if backend == "triton" or (backend is None and is_url(str(source))):
+        raise RepositoryError(f"{flag} {source}: the Python model runs a local file, not a triton:// URL")
+    if source.suffix.lower() == ".xml" and not source.with_suffix(".bin").is_file():
+        raise RepositoryError(f"{flag} {source}: the OpenVINO IR's weights {source.with_suffix('.bin').name} are not "
+                              "beside it; write the IR with python -m export.openvino (it writes both)")
+
+
 def write_python_model(repo: Path, model: Path, serving: Serving, *, name: str = PYTHON_MODEL,
                        runtime_backend: str = "", backend_options: dict | None = None) -> Path:
     """The Python-backend model only (also used by the benchmark for its variants)."""
@@ -245,6 +260,8 @@ def write_python_model(repo: Path, model: Path, serving: Serving, *, name: str =
     files = {"model.py": PYTHON_MODEL_SOURCE.read_text()}
     if model.is_file():
         files[target] = model
+        if model.suffix.lower() == ".xml":  # an OpenVINO IR: its weights travel with it
+            files["model.bin"] = model.with_suffix(".bin")
     return write_model(repo, name, config, files)
 
 
@@ -260,6 +277,7 @@ def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), en
     sidecar, trt_serving = check_engine(Path(engine), serving) if engine else (None, None)
     if python_model is not None and not Path(python_model).exists():
         raise RepositoryError(f"--python-model {python_model} not found")
+    check_python_model(Path(python_model or model), python_backend, "--python-model" if python_model else "--model")
     repository = ManagedFolder(out, "export.triton")
     repository.prepare(overwrite, inputs=[p for p in (model, engine, python_model) if p is not None])
     try:  # what was written is ours, also after a failure: a rerun with --overwrite may replace it
@@ -327,19 +345,34 @@ an option: the model's IFT statistics are global over the image, so padding chan
 batching by sending their native sizes when they are uniform (a camera's frames), and large images tiled at one
 tile size (`runtime.Enhancer` cuts tiles of one size per image, {PAD_MULTIPLE}k-1 pixels: no extra padding work).
 
-## Run it in the Triton container
+## Run it in the Triton container (25.07 or newer)
+Use Triton container 25.07 (Triton 2.59) or newer: older servers, 2.51 included, have published CVEs that any client
+of the ports can reach (CVE-2025-23310/23311: chunked HTTP bodies; CVE-2025-23319/23320/23334: the Python
+backend's shared memory). Lock the control plane: model control `none` (no client can load, unload or upload a
+model, which would run its code in the server) and the admin APIs behind a key from a file (Triton reads the key
+only from its command line: inside the container, `ps` shows it to whoever can run commands there).
 ```bash
-docker run --rm --gpus all --shm-size=1g -p8000:8000 -p8001:8001 -p8002:8002 \\
-  -v $PWD/{'REPO'}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
-  bash -c "pip install codeenhance-deploy onnxruntime && tritonserver --model-repository=/models"
+docker run --rm --gpus all --shm-size=1g -p127.0.0.1:8000:8000 -p127.0.0.1:8001:8001 \\
+  -p127.0.0.1:8002:8002 -v $PWD/{'REPO'}:/models:ro -v $PWD/admin.key:/run/admin.key:ro \\
+  nvcr.io/nvidia/tritonserver:25.07-py3 \\
+  bash -c 'pip install codeenhance-deploy onnxruntime && K=$(cat /run/admin.key) && \\
+  A=model-repository,shared-memory,logging,trace,statistics && \\
+  exec tritonserver --model-repository=/models --model-control-mode=none \\
+    --http-restricted-api=$A:codeenhance-admin-key=$K --grpc-restricted-protocol=$A:codeenhance-admin-key=$K'
 ```
+- Inference, health, metadata and model configuration stay open to whoever reaches the ports (no authentication,
+  no TLS, no request size limit in Triton): publish them on loopback or a private network behind a TLS proxy with
+  authentication and body limits; admin calls send the header `codeenhance-admin-key` (gRPC:
+  `triton-grpc-protocol-codeenhance-admin-key`).
 - The Python backend's stub runs the container's Python: install the toolkit and onnxruntime there (or point the
   `python_path` parameter of `{PYTHON_MODEL}/config.pbtxt` at a folder holding them, or pack an environment with
   conda-pack and set `EXECUTION_ENV_PATH`; its Python minor version must be the stub's).
-- Without a GPU, serve only `{PYTHON_MODEL}`: `--model-control-mode=explicit --load-model={PYTHON_MODEL}`.
-- Here (no container): `python -m runtime.serve --repository REPO` starts the Triton server shipped in the
-  `nvidia-pytriton` wheel with the Python backend (the `{ONNX_MODEL}`/`{TRT_MODEL}` models need backends that
-  wheel lacks and are left out).
+- Without a GPU, serve only `{PYTHON_MODEL}`: `--model-control-mode=explicit --load-model={PYTHON_MODEL}`, and keep
+  `model-repository` in the restricted list (explicit mode lets key holders load models).
+- Here (no container): `python -m runtime.serve --repository REPO [--admin-key-file admin.key]` starts the Triton
+  2.51 server shipped in the `nvidia-pytriton` wheel with the Python backend and the same locks (the
+  `{ONNX_MODEL}`/`{TRT_MODEL}` models need backends that wheel lacks and are left out); for development on
+  127.0.0.1, not for production (its CVEs above).
 - Health: `curl localhost:8000/v2/health/ready`; per model `/v2/models/{PYTHON_MODEL}/ready`.
 
 ## Growing past one machine
@@ -364,7 +397,8 @@ def parse_args(argv):
                    help=f"dynamic batching's max queue delay in microseconds (default {DEFAULT_DELAY_US})")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone")
     p.add_argument("--python-model", type=Path, help=f"model file for {PYTHON_MODEL} (default: --model)")
-    p.add_argument("--python-backend", help=f"runtime backend for {PYTHON_MODEL} (default: from the file)")
+    p.add_argument("--python-backend", choices=sorted(b for b, spec in BACKENDS.items() if not spec.schemes),
+                   help=f"runtime backend for {PYTHON_MODEL} (default: from the file)")
     common.add_threads(p, help=f"ONNX Runtime/torch threads per {PYTHON_MODEL} instance")
     p.add_argument("--trt-ep-precision", choices=("FP32", "FP16"), default="FP32",
                    help=f"{ONNX_MODEL}: TensorRT EP precision_mode (FP16 casts everything; default FP32)")

@@ -6,15 +6,19 @@ server computes exactly what ``runtime.Enhancer`` computes in process. It sees o
 ``contract.graph`` (the FP32 image batch [N,3,H,W] and one pair of weights per image in, the enhanced batch out),
 imported from the toolkit in ``initialize`` like the runtime: its configuration's I/O is checked there.
 
-Every request is checked on its own (weights by the contract's rule, image finite and within the configured largest
-size); a bad one gets an INVALID_ARG error response and the others in the same dynamic batch still run. Nothing
-raises out of ``execute``, so the stub and the server keep serving.
+Every request is checked on its own (weights by the contract's rule; image finite, every pixel within [0, 1] and
+within the configured largest size); a bad one gets an INVALID_ARG error response and the others in the same
+dynamic batch still run. The output is checked per request too: an image whose result is not finite fails alone.
+Errors say what is wrong with the request and nothing about the server (no traceback, no path, no exception text
+from the backend: that goes to the server's log). Nothing raises out of ``execute``, so the stub and the server
+keep serving.
 
 The toolkit and its dependencies must be importable by the Python backend's stub: installed in the container's
 Python (``pip install codeenhance-deploy onnxruntime``), or listed in the ``python_path`` parameter or the
 ``CODEENHANCE_PYTHONPATH`` environment variable (``python -m runtime.serve`` sets it), which are *appended* to
 ``sys.path`` (not prepended: the stub's own standard library must stay first).
 """
+import ctypes
 import json
 import os
 import re
@@ -54,12 +58,30 @@ def parse_hw(text: str):
     return int(h), int(w)
 
 
+# DLPack's capsule names (the DLPack spec): a live tensor, and one a consumer has taken. Module constants: a capsule
+# keeps the pointer to its name, so the bytes must live as long as the process.
+DLPACK_NAME = ctypes.c_char_p(b"dltensor")
+DLPACK_USED_NAME = ctypes.c_char_p(b"used_dltensor")
+_capsule_valid = ctypes.pythonapi.PyCapsule_IsValid
+_capsule_valid.argtypes, _capsule_valid.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_int
+_capsule_set_name = ctypes.pythonapi.PyCapsule_SetName
+_capsule_set_name.argtypes, _capsule_set_name.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_int
+
+
 def output_tensor(name: str, array: np.ndarray):
     """A response tensor. Through DLPack: the stub's pybind11 numpy bridge predates numpy 2 and reads a numpy 2
-    array as 0 bytes (the client then gets an empty or mis-sized output)."""
-    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
-        return pb_utils.Tensor.from_dlpack(name, array)
-    return pb_utils.Tensor(name, array)
+    array as 0 bytes (the client then gets an empty or mis-sized output). The stub takes the capsule's tensor and
+    renames the capsule with a name numpy does not know as "used", so numpy's capsule destructor printed a
+    PyCapsule_GetPointer traceback for every response: once the stub has taken it, the capsule gets the standard
+    "used" name, which numpy's destructor skips (the stub owns the tensor now; nothing leaks, nothing is freed
+    twice)."""
+    if np.lib.NumpyVersion(np.__version__) < "2.0.0":
+        return pb_utils.Tensor(name, array)
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    if not _capsule_valid(capsule, DLPACK_NAME):  # taken by the stub
+        _capsule_set_name(capsule, DLPACK_USED_NAME)
+    return tensor
 
 
 def input_array(request, name: str):
@@ -99,7 +121,11 @@ class TritonPythonModel:
                        fix="write the repository with python -m export.triton")
         self.max_hw = parse_hw(params.get("max_hw", ""))
         self.max_batch = int(config.get("max_batch_size", 0)) or None
-        model_file = os.path.join(args["model_repository"], args["model_version"], params.get("model_file", "model.onnx"))
+        version = os.path.realpath(os.path.join(args["model_repository"], args["model_version"]))
+        model_file = os.path.realpath(os.path.join(version, params.get("model_file", "model.onnx")))
+        if os.path.commonpath([version, model_file]) != version:  # an absolute path, "..", or a link out
+            raise pb_utils.TritonModelException(f"{self.name}: the model_file parameter must name a file in the "
+                                                "model's version folder")
         options = json.loads(params.get("backend_options", "") or "{}")
         spec = choose_backend(model_file, params.get("runtime_backend") or None)
         self.backend = spec.load_class()(model_file, **options)
@@ -134,9 +160,20 @@ class TritonPythonModel:
             return invalid(f"{self.name}: {e}")
         if not np.isfinite(image).all():
             return invalid(f"{self.name}: {what} has NaN or infinite values; it must be finite, in [0,1]")
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:  # refused, not clipped: the client decides what its data means (Enhancer clips)
+            return invalid(f"{self.name}: {what} values span [{low:.4g}, {high:.4g}]; they must be within [0,1]")
         return np.array(image, dtype=np.float32, order="C"), weights[0], weights[1]  # a copy: inputs do not outlive the call
 
     def execute(self, requests):
+        try:
+            return self.answer(requests)
+        except Exception as e:  # noqa: BLE001 - the stub would send every client a traceback with server paths
+            pb_utils.Logger.log_error(f"{self.name}: {type(e).__name__}: {e}")
+            return [internal(f"{self.name}: internal error ({type(e).__name__}); the server's log has the details")
+                    for _ in requests]
+
+    def answer(self, requests):
         responses = [None] * len(requests)
         groups = {}  # (H, W) -> indexes of the valid requests of that size
         checked = []
@@ -144,7 +181,8 @@ class TritonPythonModel:
             try:
                 item = self.check(request)
             except Exception as e:  # noqa: BLE001 - a bad request must never take the batch down
-                item = invalid(f"{self.name}: cannot read the request: {e}")
+                pb_utils.Logger.log_warn(f"{self.name}: unreadable request: {type(e).__name__}: {e}")
+                item = invalid(f"{self.name}: cannot read the request ({type(e).__name__})")
             checked.append(item)
             if isinstance(item, tuple):
                 groups.setdefault(item[0].shape[2:], []).append(i)
@@ -169,21 +207,27 @@ class TritonPythonModel:
                 w_texture = np.concatenate([checked[i][1] for i in chunk])
                 w_style = np.concatenate([checked[i][2] for i in chunk])
                 out = self.backend.infer(images, w_texture, w_style).enhanced
-                if not np.isfinite(out).all():
-                    raise RuntimeError("the backend returned NaN or infinite values")
             except Exception as e:  # noqa: BLE001 - reported to each request of the call, the server goes on
                 h, w = checked[chunk[0]][0].shape[2:]
-                message = f"{self.name}: inference failed for a batch of {count} image(s) of {h}x{w}: {e}"
+                # The exception's text may name server files and internals: the log gets it, the client its kind.
+                pb_utils.Logger.log_error(f"{self.name}: inference of {count} image(s) of {h}x{w} failed: "
+                                          f"{type(e).__name__}: {e}")
+                message = (f"{self.name}: inference failed for a batch of {count} image(s) of {h}x{w} "
+                           f"({type(e).__name__}); the server's log has the details")
                 for i in chunk:
                     responses[i] = internal(message)
                 continue
             offset = 0
             for i in chunk:
                 n = checked[i][0].shape[0]
-                tensor = output_tensor(self.contract.OUTPUT_ENHANCED,
-                                       np.array(out[offset:offset + n], dtype=np.float32, order="C"))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                part = np.array(out[offset:offset + n], dtype=np.float32, order="C")
                 offset += n
+                if not np.isfinite(part).all():  # this request's images only: the others' results stand
+                    responses[i] = internal(f"{self.name}: the model produced NaN or infinite values for this "
+                                            "request's image(s)")
+                    continue
+                tensor = output_tensor(self.contract.OUTPUT_ENHANCED, part)
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
 
     def finalize(self):
         backend = getattr(self, "backend", None)

@@ -123,6 +123,7 @@ class AotiBackend(BackendBase):
         min_hw = (DYNAMIC_MIN_SIDE, DYNAMIC_MIN_SIDE) if dynamic and not static else (1, 1)
         return BackendInfo(
             name=self.name, device=device, precision=meta["precision"], min_hw=min_hw, max_hw=max_hw,
+            larger="compile a package with a bucket for it (python -m export.aoti --sizes HxW, or --dynamic)",
             max_batch=None if dynamic and not static else int(meta.get("max_batch", 1)),
             extra={"package": str(self.path), "buckets": describe_buckets(meta), "torch": meta.get("torch_version"),
                    "checkpoint_sha256": meta.get("checkpoint_sha256"), "config": meta.get("model_config")},

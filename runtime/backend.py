@@ -29,6 +29,8 @@ class BackendInfo:
     max_hw: tuple[int, int] | None = None  # largest input H, W (None: limited by memory only)
     max_batch: int | None = None
     extra: dict = field(default_factory=dict)  # backend-specific facts (providers, engine sidecar, ...)
+    # How to run a size beyond max_hw with this model, for messages (tiling works for every backend).
+    larger: str = "make the model for larger inputs"  # backend-specific facts (providers, engine sidecar, ...)
 
 
 @dataclass
@@ -126,7 +128,7 @@ def check_batch(images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray, 
     if info.max_hw is not None and (h > info.max_hw[0] or w > info.max_hw[1]):
         raise InputError(
             f"{info.name}: {h}x{w} exceeds the largest supported size {info.max_hw[0]}x{info.max_hw[1]}; "
-            "use tiling (Enhancer(tile=...)) or rebuild the engine with a larger --max"
+            f"run it in tiles (--tile N, Enhancer(tile=N)) or {info.larger}"
         )
     if info.max_batch is not None and n > info.max_batch:
         raise InputError(f"{info.name}: batch {n} exceeds the maximum {info.max_batch}")

@@ -8,6 +8,7 @@ skipped and listed at the end, and so is every folder entry that is not enhanced
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -208,7 +209,7 @@ def describe_tiling(enhancer: Enhancer, image, source: Path, patches) -> str:
     """The note for an image run in tiles (``patches``: the Enhancer's plan for it), with why."""
     h, w = image.shape[:2]
     th, tw = patches[0].h, patches[0].w
-    why = enhancer.tile_reason().replace("tile=", "--tile ")
+    why = enhancer.tile_reason(h, w).replace("tile=", "--tile ")
     return f"{source.name}: {w}x{h} is enhanced in {len(patches)} tiles of {tw}x{th} ({why}); tiles only approximate " \
            "the whole-image result (the IFT statistics are global)"
 
@@ -299,12 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     if not inputs:
         listing = "; ".join(f"{spec}: {why}" for spec, why in run.problems + run.skipped)
         raise InputError(f"no input images ({listing})")
+    created = [p for p in (args.outdir, *args.outdir.absolute().parents) if not p.exists()]  # leaf first
     prepare_outdir(args.outdir)
     jobs = plan_jobs(inputs, args.outdir, args.keep_format, args.overwrite, run)
     if jobs:  # nothing to load when every input was refused
         try:
-            enhancer = Enhancer(args.model, spec.name, batch=args.batch, tile=args.tile, overlap=args.overlap, **options)
+            enhancer = Enhancer(args.model, spec, batch=args.batch, tile=args.tile, overlap=args.overlap, **options)
         except (ToolkitError, ValueError, OSError) as e:  # a model that cannot be loaded: usage (2), whatever failed
+            for folder in created:  # made for this run and still empty: not left behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise InputError(str(e)) from e
         with enhancer:
             info = enhancer.info

@@ -19,7 +19,7 @@ from contract.images import SCALES
 from contract.graph import PAD_MULTIPLE, WEIGHT_NAMES, per_image_weights
 
 from .backend import Backend, BackendError
-from .registry import choose_backend
+from .registry import BackendSpec, choose_backend
 
 # Errors that fail one image (its shape or type, or the backend refusing it) without stopping the others.
 FAILS_ONE_IMAGE = (ValueError, TypeError, ToolkitError)
@@ -221,7 +221,7 @@ class Enhancer:
             raise InputError("batch and max_pixels must be >= 1, overlap and tile >= 0")
         if tile and overlap * 2 >= tile:
             raise InputError(f"overlap ({overlap}) must be less than half the tile ({tile})")
-        if backend is not None and not isinstance(backend, str):
+        if backend is not None and not isinstance(backend, (str, BackendSpec)):
             self.backend = backend
         else:
             self.backend = create_backend(model_path, backend, **backend_options)
@@ -320,10 +320,14 @@ class Enhancer:
                 outputs[i] = total / weight
         return [failed[i] if i in failed else from_model_output(out, converted[i][1]) for i, out in enumerate(outputs)]
 
-    def tile_reason(self) -> str:
-        """Why images are tiled, for messages."""
-        return (f"above tile={self.tile}" if self.tile else
-                f"above {self.max_pixels:,} pixels per model call (the memory budget; tile=0 runs it whole)")
+    def tile_reason(self, h: int, w: int) -> str:
+        """Why an HxW image is tiled, for messages."""
+        max_h, max_w = self.info.max_hw or (1 << 30, 1 << 30)
+        if self.tile:
+            return f"above tile={self.tile}"
+        if h > max_h or w > max_w:
+            return f"above {max_h}x{max_w}, the largest input the {self.info.name} model takes"
+        return f"above {self.max_pixels:,} pixels per model call (the memory budget; tile=0 runs it whole)"
 
     def _infer_patches(self, inputs, patches, w_texture, w_style, errors: str = "raise"):
         """Run the patches grouped by size, ``batch`` at a time within the pixel budget; yields (patch, output),

@@ -138,6 +138,7 @@ class OnnxRuntimeBackend(BackendBase):
             # A static H or W in the graph is both its minimum and its maximum.
             min_hw=(static_hw[0] or 1, static_hw[1] or 1),
             max_hw=None if static_hw == (None, None) else (static_hw[0] or 1 << 30, static_hw[1] or 1 << 30),
+            larger="export a graph with dynamic image sizes (python -m export.onnx)",
             max_batch=dim_limit(n),
             extra={
                 "model": str(self.model_path),

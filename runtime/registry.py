@@ -73,10 +73,13 @@ def backend_for_url(url: str) -> BackendSpec:
     return spec
 
 
-def choose_backend(model_path: str | os.PathLike, backend: str | None = None) -> BackendSpec:
+def choose_backend(model_path: str | os.PathLike, backend: "str | BackendSpec | None" = None) -> BackendSpec:
     """The backend for ``model_path``: ``backend`` when given, else by suffix. A file that exists is also checked
     for what it really is: InputError for a folder, an empty file, or a file the backend does not run (with what
-    it is and what to do). A missing file is the backend's to report when it loads."""
+    it is and what to do). A missing file is the backend's to report when it loads. A ``BackendSpec`` that this
+    function returned before is taken as it is (the file is classified once)."""
+    if isinstance(backend, BackendSpec):
+        return backend
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
     if is_url(model_path):
@@ -87,9 +90,9 @@ def choose_backend(model_path: str | os.PathLike, backend: str | None = None) ->
     path = Path(model_path)
     kind = formats.detect(path) if path.exists() else formats.UNKNOWN
     if kind == formats.FOLDER:
-        raise InputError(f"--model {path} is a folder; name the model file in it (.pth, .onnx, .plan, ...)")
+        raise InputError(f"{path} is a folder; name the model file in it (.pth, .onnx, .plan, ...)")
     if kind == formats.EMPTY:
-        raise InputError(f"--model {path} is an empty file; export it again")
+        raise InputError(f"{path} is an empty file; export it again")
     spec = BACKENDS[backend] if backend else backend_for_suffix(path.suffix)
     right = next((s for s in BACKENDS.values() if kind in s.kinds), None)  # the backend for what the file is
     if spec is None:
@@ -98,7 +101,12 @@ def choose_backend(model_path: str | os.PathLike, backend: str | None = None) ->
         raise InputError(f"cannot tell the backend from the suffix of {path} ({path.suffix or 'none'}; known: "
                          f"{', '.join(s for b in BACKENDS.values() for s in b.suffixes)}); {what}")
     if spec.kinds and kind not in spec.kinds and kind != formats.UNKNOWN:
-        fix = f"; rename it to {path.stem}{right.suffixes[0]} or pass --backend {right.name}" if right else ""
+        if right is None:
+            fix = ""
+        elif path.suffix.lower() in right.suffixes:  # its name is already right: only the backend asked for is not
+            fix = f"; run it with --backend {right.name} (backend='{right.name}' in Python), or leave the backend out"
+        else:
+            fix = f"; rename it to {path.stem}{right.suffixes[0]} or pass --backend {right.name}"
         raise InputError(f"{path} is {formats.a(kind)}, not {' or '.join(map(formats.a, spec.kinds))} for the "
                          f"{spec.name} backend{fix}")
     return spec

@@ -1,11 +1,17 @@
 """python -m runtime.serve --repository REPO: the real Triton Inference Server on a model repository.
 
 Starts the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel (Triton 2.51 with its Python backend;
-``pip install "codeenhance-deploy[serve]"``) on REPO (``python -m export.triton``), waits until the models are
-ready, forwards the server's log to stderr, and stops it cleanly on Ctrl-C or SIGTERM. Models whose backend that
-server lacks (``onnxruntime_onnx``, ``tensorrt_plan``: those need the Triton container) are left out with a
-note unless named with --model. Exit status: 0 stopped by a signal, 1 the server failed or stopped by itself,
-2 bad arguments, a port taken, the server not installed or a model that cannot load.
+``pip install "codeenhance-deploy[serve]"``) on REPO (``python -m export.triton``), waits until each model answers a
+real tiny inference, forwards the server's log to stderr, and stops it cleanly on Ctrl-C or SIGTERM. Models whose
+backend that server lacks (``onnxruntime_onnx``, ``tensorrt_plan``: those need the Triton container) are left out
+with a note unless named with --model. Exit status: 0 stopped by a signal, 1 the server failed or stopped by
+itself, 2 bad arguments, a port taken, the server not installed or a model that cannot load.
+
+Locked by default (README "Security"): model control is ``none`` (the models are fixed at start: no client can
+load, unload or upload one), and the repository, shared-memory, logging, trace and statistics APIs need the header
+``codeenhance-admin-key`` with the key in --admin-key-file (without one, nobody has the key). The server and its
+Python stubs die with the launcher, however it dies (a parent-death signal, and a guard process that kills their
+process group and removes their /dev/shm regions and workspace: ``runtime/serve_guard.py``).
 
 The Python backend's stub links the system's libpython3.11, not this interpreter: it is given this
 environment's site-packages and the toolkit's folder through $CODEENHANCE_PYTHONPATH, which the model *appends*
@@ -14,90 +20,32 @@ to sys.path (this environment's standard library must not replace the stub's own
 from __future__ import annotations
 
 import collections
-import importlib.util
+import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from contract import cli as common
-from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BackendError
+from contract import graph
+from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
-INSTALL = 'pip install "codeenhance-deploy[serve]" (or: pip install --no-deps nvidia-pytriton==0.7.0)'
-# Backends the bundled server has (pytriton ships only the Python backend).
-BUNDLED_BACKENDS = {"python"}
+from . import serve_guard as guard
+# find_server, free_port, port_free and ServeError are part of this module's API (tests, benchmarks use them here).
+from .serve_env import (BUNDLED_BACKENDS, HAS_PDEATHSIG, ServeError, die_with_launcher, find_server,  # noqa: F401
+                        free_port, model_backends, port_free, python_path)
+from .serve_safety import (ADMIN_HEADER, RESTRICTED_APIS, AdminKey, admin_key_file, exposure_warning, local_address,
+                           random_key, restriction_args, scrub_argv)
 
-
-class ServeError(BackendError):
-    """The server cannot be started or did not become ready, with the reason. Exit 2 (nothing was served), as this
-    command has always answered it, rather than a backend failure's 1."""
-
-    exit_code = EXIT_USAGE
-
-
-def find_server() -> dict[str, Path]:
-    """Paths of the bundled tritonserver, its Python backend, the stub for this Python and its libraries."""
-    spec = importlib.util.find_spec("pytriton")  # located, not imported: its own code is not needed
-    if spec is None or not spec.submodule_search_locations:
-        raise ServeError(f"the Triton server is not installed: {INSTALL}")
-    package = Path(list(spec.submodule_search_locations)[0])
-    root = package / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    paths = {
-        "tritonserver": root / "bin" / "tritonserver",
-        "backend": root / "backends" / "python",
-        "stub": root / "python_backend_stubs" / version / "triton_python_backend_stub",
-        "libs": package.parent / "nvidia_pytriton.libs",
-    }
-    missing = [f"{k} ({p})" for k, p in paths.items() if not p.exists()]
-    if missing:
-        raise ServeError(f"the nvidia-pytriton installation lacks {', '.join(missing)}"
-                         f"{' (no Python backend stub for Python ' + version + ')' if 'stub' in str(missing) else ''}; "
-                         f"reinstall: {INSTALL}")
-    return paths
-
-
-def python_path() -> str:
-    """This environment's site-packages and the folder holding the toolkit's packages (an editable install is
-    found through a .pth file, which the stub does not read)."""
-    entries = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-               str(Path(__file__).resolve().parents[1])]
-    return os.pathsep.join(dict.fromkeys(entries))
-
-
-def model_backends(repository: Path) -> dict[str, str]:
-    """Model name -> its backend or platform, read from each config.pbtxt."""
-    found = {}
-    for config in sorted(repository.glob("*/config.pbtxt")):
-        text = config.read_text()
-        match = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, re.M)
-        found[config.parent.name] = match.group(1) if match else "?"
-    return found
-
-
-def port_free(port: int, address: str) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PROBE_SIDE = 16  # the readiness inference: one 16x16 image, cheap on any model
 
 
 class TritonServer:
@@ -105,20 +53,26 @@ class TritonServer:
 
     ``models``: names to load (default: those the bundled server can run). ``log``: a writable text stream for
     the server's log lines (None: kept in memory only; the last lines are in error messages either way).
+    ``http_port``/``grpc_port`` 0: a free port, chosen at start. ``admin_key``: opens the admin APIs to clients
+    that send it (``ADMIN_HEADER``); None: they stay closed to every client.
     """
 
     def __init__(self, repository, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
                  address: str = "127.0.0.1", models: list[str] | None = None, log=sys.stderr,
-                 ready_timeout: float = 300.0, verbose: int = 0):
+                 ready_timeout: float = 300.0, verbose: int = 0, admin_key: AdminKey | None = None):
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.address, self.log, self.ready_timeout, self.verbose = address, log, ready_timeout, verbose
         self.requested = models
+        self.admin_key = admin_key
         self.models: list[str] = []
         self.left_out: dict[str, str] = {}
         self.process: subprocess.Popen | None = None
+        self.guard: subprocess.Popen | None = None
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.workspace: Path | None = None
+        self.key_hidden = False  # the key no longer readable in the server's /proc/<pid>/cmdline
+        self._key: AdminKey | None = None
 
     @property
     def url(self) -> str:
@@ -149,25 +103,41 @@ class TritonServer:
                                  f"{', '.join(f'{m} ({b})' for m, b in backends.items())}")
 
     def check_ports(self) -> None:
+        if not self.http_port:
+            self.http_port = free_port()
+        if not self.grpc_port:
+            self.grpc_port = free_port()
         ports = {"HTTP": self.http_port, "gRPC": self.grpc_port}
         if self.metrics_port:
             ports["metrics"] = self.metrics_port
         if len(set(ports.values())) < len(ports):
             raise ServeError(f"the ports must differ: {ports}")
         for what, port in ports.items():
-            if not port_free(port, self.address if what == "HTTP" else "0.0.0.0"):
+            if not port_free(port, self.address if what != "metrics" else "0.0.0.0"):
                 raise ServeError(f"port {port} ({what}) is already in use on this machine; stop what uses it or "
                                  f"pass another --{what.lower()}-port")
 
+    def model_view(self) -> Path:
+        """A repository holding only the selected models (links to REPO's folders): with model control ``none``
+        Triton loads every model it finds, and one whose backend it lacks would stop it."""
+        view = self.workspace / "models"
+        view.mkdir()
+        for model in self.models:
+            (view / model).symlink_to(self.repository / model, target_is_directory=True)
+        return view
+
     def command(self, paths: dict[str, Path]) -> list[str]:
-        cmd = [str(paths["tritonserver"]), f"--model-repository={self.repository}",
-               f"--backend-directory={self.workspace / 'backends'}", "--model-control-mode=explicit",
+        # Model control "none": load, unload and upload do not exist, whatever key a client has (an upload is a
+        # Python model, code run as the server's user). Changing the models means restarting the server.
+        cmd = [str(paths["tritonserver"]), f"--model-repository={self.model_view()}",
+               f"--backend-directory={self.workspace / 'backends'}", "--model-control-mode=none",
                f"--http-port={self.http_port}", f"--http-address={self.address}", f"--grpc-port={self.grpc_port}",
                f"--grpc-address={self.address}", "--exit-on-error=true", "--strict-readiness=true",
                f"--log-verbose={self.verbose}", "--exit-timeout-secs=20"]
-        cmd += [f"--load-model={m}" for m in self.models]
+        cmd += restriction_args(self._key)
         if self.metrics_port:
-            cmd += [f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false"]
+            cmd += [f"--metrics-port={self.metrics_port}", f"--metrics-address={self.address}",
+                    "--allow-gpu-metrics=false"]
         else:
             cmd.append("--allow-metrics=false")
         return cmd
@@ -176,29 +146,45 @@ class TritonServer:
         paths = find_server()
         self.select_models()
         self.check_ports()
+        self._key = self.admin_key or random_key()
         self.workspace = Path(tempfile.mkdtemp(prefix="codeenhance-triton-"))
-        backend = self.workspace / "backends" / "python"
-        backend.mkdir(parents=True)
-        for source in (paths["backend"] / "libtriton_python.so", paths["backend"] / "triton_python_backend_utils.py",
-                       paths["stub"]):
-            shutil.copy2(source, backend / source.name)
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(paths["libs"]), env.get("LD_LIBRARY_PATH")]))
-        env["CODEENHANCE_PYTHONPATH"] = python_path()
-        env.pop("PYTHONHOME", None)
-        env.pop("PYTHONPATH", None)  # entries before the stub's standard library: the version mix to avoid
-        self.process = subprocess.Popen(self.command(paths), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
-        threading.Thread(target=self._forward, daemon=True).start()
         try:
+            backend = self.workspace / "backends" / "python"
+            backend.mkdir(parents=True)
+            for source in (paths["backend"] / "libtriton_python.so",
+                           paths["backend"] / "triton_python_backend_utils.py", paths["stub"]):
+                shutil.copy2(source, backend / source.name)
+            self._launch(paths)
             self.wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _launch(self, paths: dict[str, Path]) -> None:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(paths["libs"]), env.get("LD_LIBRARY_PATH")]))
+        env["CODEENHANCE_PYTHONPATH"] = python_path()
+        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONPATH", None)  # entries before the stub's standard library: the version mix to avoid
+        before = sorted(guard.regions())
+        # The parent-death signal follows the thread that forks: only the main thread lives as long as the process.
+        main_thread = threading.current_thread() is threading.main_thread() and HAS_PDEATHSIG
+        self.process = subprocess.Popen(self.command(paths), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True,
+                                        preexec_fn=die_with_launcher(os.getpid()) if main_thread else None)
+        # The guard holds the read end of a pipe only this process writes: end-of-file = the launcher is gone.
+        self.guard = subprocess.Popen([sys.executable, "-I", guard.__file__], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.guard.stdin.write(json.dumps({"pgid": self.process.pid, "before": before,
+                                           "workspace": str(self.workspace)}).encode() + b"\n")
+        self.guard.stdin.flush()
+        threading.Thread(target=self._forward, daemon=True).start()
+
     def _forward(self) -> None:
         for line in self.process.stdout:
+            if not self.key_hidden:  # the first line comes after Triton parsed (copied) its options
+                self.key_hidden = scrub_argv(self.process.pid, self._key.value)
             line = line.rstrip("\n")
             self.lines.append(line)
             if self.log is not None:
@@ -211,6 +197,38 @@ class TritonServer:
         except Exception:  # noqa: BLE001 - not up yet, refused, 400 "not ready"
             return 0
 
+    def probe(self, model: str, timeout: float) -> str | None:
+        """One real inference (a 16x16 gray image, default weights): None when the answer has the contract's output
+        with the right shape and finite values, else what went wrong."""
+        side = PROBE_SIDE
+        shape = [1, 3, side, side]
+        image, w_texture, w_style = graph.INPUT_NAMES
+        body = {"inputs": [{"name": image, "shape": shape, "datatype": "FP32", "data": [0.2] * (3 * side * side)},
+                           {"name": w_texture, "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
+                           {"name": w_style, "shape": [1, 1], "datatype": "FP32", "data": [1.0]}],
+                "outputs": [{"name": graph.OUTPUT_ENHANCED, "parameters": {"binary_data": False}}]}
+        request = urllib.request.Request(f"http://{self.url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=max(timeout, 1.0)) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            try:
+                return json.loads(e.read()).get("error", str(e))
+            except ValueError:
+                return str(e)
+        except (OSError, ValueError) as e:
+            return f"no answer ({e})"
+        outputs = {o.get("name"): o for o in answer.get("outputs", [])}
+        out = outputs.get(graph.OUTPUT_ENHANCED)
+        if out is None or out.get("shape") != shape:
+            return f"the answer lacks {graph.OUTPUT_ENHANCED} {shape}: {sorted(outputs)}"
+        values = out.get("data", [])
+        if len(values) != 3 * side * side or not all(isinstance(v, (int, float)) and abs(v) < float("inf")
+                                                     for v in values):
+            return "the answer's values are missing or not finite"
+        return None
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
@@ -219,26 +237,42 @@ class TritonServer:
                 raise ServeError(self.failure(f"the server exited with status {self.process.returncode} before it "
                                               "was ready"))
             if self._get("/v2/health/ready") == 200 and all(self._get(f"/v2/models/{m}/ready") == 200 for m in self.models):
-                return
+                break
             time.sleep(0.25)
-        raise ServeError(self.failure(f"the server was not ready after {self.ready_timeout:g} s"))
+        else:
+            raise ServeError(self.failure(f"the server was not ready after {self.ready_timeout:g} s"))
+        for model in self.models:  # loaded is not answering: a real request proves the whole path
+            problem = self.probe(model, deadline - time.monotonic())
+            if problem:
+                raise ServeError(self.failure(f"model {model!r} is loaded but a test inference failed: {problem}"))
+        if not self.key_hidden:  # no log line yet: the options were parsed long ago
+            self.key_hidden = scrub_argv(self.process.pid, self._key.value)
 
     def failure(self, what: str) -> str:
-        """``what``, with the cause found in the log: a port taken, a model that failed to load."""
+        """``what``, with the cause found in the log: a port taken, a model that failed to load, else the server's
+        last error line. One line when the log was shown as it came (``log``); else the last log lines follow."""
         log = "\n".join(self.lines)
         reasons = []
         if re.search(r"address already in use|failed to (start|bind)", log, re.I):
             reasons.append(f"a port is taken (HTTP {self.http_port}, gRPC {self.grpc_port}"
                            f"{f', metrics {self.metrics_port}' if self.metrics_port else ''}); pass other ports")
-        for model, error in re.findall(r"load failed for model '([^']+)': (.*)", log):
-            reasons.append(f"model {model!r} failed to load: {error}")
-        for error in re.findall(r"(\w*Error: .*)", log)[-3:]:
-            reasons.append(error)
-        tail = "\n  ".join(list(self.lines)[-15:])
-        return f"{what}: " + ("; ".join(dict.fromkeys(reasons)) or "see the log below") + f"\n  last log lines:\n  {tail}"
+        # Explicit mode says "load failed for model 'm': ...", mode none "failed to load 'm' version 1: ..."; the
+        # message is one quoted line with \n escapes: its first line is the cause, the rest the stub's "At:" frames.
+        for model, error in re.findall(r"(?:load failed for model|failed to load) '([^']+)'(?: version \d+)?: (.*)", log):
+            cause = error.split("\\n")[0].rstrip('"')
+            reasons.append(f"model {model!r} failed to load: {cause}")
+        if not reasons:  # Triton's own error lines ("E1206 10:00:00.0 123 file.cc:45] message"), the last one
+            errors = re.findall(r"^E\d{4} [\d:.]+\s+\d+ \S+\] (.*)$", log, re.M)
+            reasons += errors[-1:]
+        message = f"{what}: " + ("; ".join(dict.fromkeys(reasons)) or "see the server's log above")
+        if self.log is None:
+            message += "\n  last log lines:\n  " + "\n  ".join(list(self.lines)[-15:])
+        return message
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGINT (Triton's graceful shutdown: in-flight requests finish), then SIGKILL after ``timeout``."""
+        """SIGINT (Triton's graceful shutdown: in-flight requests finish), then SIGKILL after ``timeout``; then the
+        guard kills what is left of the process group (a stub stuck in a batch ignores SIGTERM) and removes the
+        /dev/shm regions and the workspace."""
         code = None
         if self.process is not None:
             if self.process.poll() is None:
@@ -249,6 +283,15 @@ class TritonServer:
                     os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the stub processes too
                     self.process.wait()
             code = self.process.returncode
+        if self.guard is not None:
+            try:
+                self.guard.stdin.close()  # end-of-file: the guard cleans up and exits
+                self.guard.wait(guard.GONE_WITHIN_S + 10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.guard.kill()
+            self.guard = None
+        if self.process is not None:  # the guard did this; again in case it could not
+            guard.kill_group(self.process.pid, within=2.0)
         if self.workspace is not None:
             shutil.rmtree(self.workspace, ignore_errors=True)
             self.workspace = None
@@ -269,16 +312,29 @@ class TritonServer:
 
 def parse_args(argv):
     p = common.parser("python -m runtime.serve", __doc__)
+    p.error = lambda message: _usage_error(p, message)
+    # A Path, checked at start (not an argparse type): a bad later flag is then named first, whatever the order.
     p.add_argument("--repository", required=True, type=Path, help="model repository (python -m export.triton)")
     p.add_argument("--http-port", type=common.port, default=8000, help="HTTP port, 1..65535 (default 8000)")
     p.add_argument("--grpc-port", type=common.port, default=8001, help="gRPC port, 1..65535 (default 8001)")
     p.add_argument("--metrics-port", type=common.port_or_off, default=0, help="Prometheus metrics port (default 0: off)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--address", type=local_address, default="127.0.0.1",
+                   help="IPv4 address of this machine to listen on (default 127.0.0.1; 0.0.0.0 for all: see README "
+                        "Security)")
     p.add_argument("--model", action="append", dest="models", help="model to load (repeatable; default: all the "
                                                                     "bundled server can run)")
     p.add_argument("--ready-timeout", type=common.positive_float, default=300.0, help="seconds to wait for readiness (default 300)")
     p.add_argument("--log-verbose", type=common.non_negative_int, default=0, help="Triton's --log-verbose level")
+    p.add_argument("--admin-key-file", type=admin_key_file, dest="admin_key",
+                   help=f"file holding the key that opens the admin APIs ({', '.join(RESTRICTED_APIS)}) to clients "
+                        f"sending it in the header {ADMIN_HEADER} (default: closed to all)")
     return p.parse_args(argv)
+
+
+def _usage_error(p, message: str):
+    """A bad flag: one line and exit 2 (argparse would print the whole usage first)."""
+    print(f"error: {message} (see {p.prog} --help)", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
 
 
 @common.run_main
@@ -286,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port or None, address=args.address, models=args.models,
-                          ready_timeout=args.ready_timeout, verbose=args.log_verbose)
+                          ready_timeout=args.ready_timeout, verbose=args.log_verbose, admin_key=args.admin_key)
+    warning = exposure_warning(args.address, bool(args.metrics_port), args.admin_key is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     stopping = []
 
     def on_signal(signum, frame):
@@ -299,8 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         for model, backend in server.left_out.items():
             print(f"note: {model} ({backend}) left out: this server has only the Python backend (run it in the "
                   "Triton container)", file=sys.stderr)
-        print(f"ready: {', '.join(server.models)} on http://{server.url} (gRPC port {server.grpc_port}); "
-              f"clients: --model {server.model_url()}. Ctrl-C stops.", file=sys.stderr, flush=True)
+        admin = (f"open to clients sending the {ADMIN_HEADER} header from {args.admin_key.source}" if args.admin_key
+                 else "closed (no --admin-key-file)")
+        if not server.key_hidden:
+            print("warning: could not hide the restricted-API key in the server's command line (ps shows it); "
+                  "the kernel refused to rewrite it", file=sys.stderr)
+        print(f"ready: {', '.join(server.models)} on http://{server.url} (gRPC port {server.grpc_port}); admin APIs "
+              f"{admin}; clients: --model {server.model_url()}. Ctrl-C stops.", file=sys.stderr, flush=True)
         code = server.process.wait()
         print(f"error: {server.failure(f'the server stopped by itself (status {code})')}", file=sys.stderr)
         return EXIT_PARTIAL

@@ -235,6 +235,7 @@ class TensorRTBackend(BackendBase):
             precision=str(sidecar.get(META_PRECISION, f"as built into the engine (image input {io_types[INPUT_IMAGE]})")),
             min_hw=self.limits["min_hw"],
             max_hw=self.limits["max_hw"],
+            larger="rebuild the engine with a larger --max (python -m export.tensorrt)",
             max_batch=self.limits["max_batch"],
             extra={"engine": str(self.engine_path), "tensorrt": self.trt_version, "io_types": io_types,
                    "min_batch": self.limits["min_batch"], "sidecar": self.sidecar},

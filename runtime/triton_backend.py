@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from contract.cli import MAX_PORT
 from contract.errors import InputError
 from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io
 from contract.sizes import parse_size
@@ -32,7 +33,10 @@ def parse_url(url) -> tuple[str, int, str, str]:
     if not match:
         raise BackendError(f"not a Triton model URL: {url!s}; expected triton://HOST:PORT/MODEL, e.g. "
                            "triton://localhost:8000/codeenhance")
-    return match["host"], int(match["port"] or DEFAULT_PORT), match["model"], match["version"] or ""
+    port = int(match["port"] or DEFAULT_PORT)
+    if not 1 <= port <= MAX_PORT:
+        raise InputError(f"{url!s}: port {port} is out of range: use 1..{MAX_PORT} (the server's HTTP port)")
+    return match["host"], port, match["model"], match["version"] or ""
 
 
 def configured_size(text: str) -> tuple[int, int] | None:
@@ -147,6 +151,7 @@ class TritonBackend(BackendBase):
             device=f"{self.where} ({kind})",
             precision=params.get("precision", "as served"),
             max_hw=configured_size(params.get("max_hw", "")),
+            larger="write the repository with a larger --max-size (python -m export.triton) and restart the server",
             max_batch=int(self.config.get("max_batch_size", 0)) or None,
             extra={"url": self.where, "served_by": kind, "dynamic_batching": "dynamic_batching" in self.config,
                    "instances": [g.get("count") for g in self.config.get("instance_group", [])]},

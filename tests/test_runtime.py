@@ -388,7 +388,7 @@ def test_a_bad_image_or_a_refused_call_fails_alone_and_each_image_is_planned_onc
     enhancer = Enhancer(backend=backend, tile=48, overlap=8)
     outputs = enhancer.enhance_batch([small, tiled], on_tiles=lambda i, patches: plans.append((i, len(patches))))
     assert plans == [(1, len(plan_patches(1, 70, 70, (48, 48), 8)))]  # the tiled image only, once
-    assert outputs[1].shape == tiled.shape and "above tile=48" in enhancer.tile_reason()
+    assert outputs[1].shape == tiled.shape and "above tile=48" in enhancer.tile_reason(70, 70)
 
 
 def test_batches_group_same_sizes_and_keep_per_image_weights(tiny_model):

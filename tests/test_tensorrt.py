@@ -217,14 +217,20 @@ def test_key_follows_the_onnx_content(tmp_path):
     [
         (["--min", "600x600", "--opt", "512x512"], "min <= opt <= max"),
         (["--opt-batch", "8", "--max-batch", "4"], "batch must satisfy min <= opt <= max"),
-        (["--opt-level", "7"], "--opt-level must be 0..5"),
-        (["--workspace", "0"], "--workspace must be positive"),
     ],
 )
 def test_bad_profile_or_flags_are_refused(model, capsys, argv, message):
     rc, _, err = run(capsys, model, "--dry-run", *TARGET, *argv)
     assert rc == cli.EXIT_BAD_INPUT
     assert message in err
+
+
+@pytest.mark.parametrize("argv, message", [(["--opt-level", "7"], "--opt-level: must be 0..5"),
+                                           (["--workspace", "0"], "--workspace: must be within (0, inf)")])
+def test_bad_flag_values_are_argument_errors(model, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:  # refused by the flag's type, before any work
+        cli.main([str(model), "--dry-run", *TARGET, *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("size, message", [("big", "HxW"), ("0x64", "must be positive")])

@@ -29,8 +29,26 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "lowlight"
 
 
-def quantize(onnx_path: Path, photos: list[np.ndarray], out: Path) -> float:
-    """Write the int8 IR to ``out``; returns the seconds NNCF took."""
+#: Accuracy control's metric: the image PSNR against ONNX Runtime fp32, capped here (identical images are "inf").
+PSNR_CAP = 60.0
+
+
+def validate_psnr(compiled, data) -> tuple[float, list[float]]:
+    """NNCF's validation function over (input, fp32 reference) items: the mean capped PSNR of the model's image
+    against the reference (higher is better), and the per-photo values NNCF ranks quantizers by."""
+    ones = np.ones(1, np.float32)
+    values = []
+    for x, reference in data:
+        out = compiled(dict(zip(INPUT_NAMES, (x, ones, ones))))[compiled.output(OUTPUT_ENHANCED)]
+        values.append(min(PSNR_CAP, fidelity.psnr(np.clip(out, 0, 1), reference)))
+    return float(np.mean(values)), values
+
+
+def quantize(onnx_path: Path, photos: list[np.ndarray], out: Path, *, min_psnr: float | None = None,
+             references: list[np.ndarray] | None = None, max_iterations: int = 8) -> float:
+    """Write the int8 IR to ``out``; returns the seconds NNCF took. With ``min_psnr`` (and the fp32 ``references``
+    of ``photos``), NNCF's accuracy control reverts the quantizers that cost the most PSNR until the mean capped
+    PSNR against fp32 is at least ``min_psnr`` (or ``max_iterations`` reverts were tried)."""
     import nncf
     import openvino as ov
 
@@ -41,10 +59,23 @@ def quantize(onnx_path: Path, photos: list[np.ndarray], out: Path) -> float:
     keep = island_nodes(graph)
     islands = sorted({op.get_friendly_name() for ops in ov_ops_for(model, graph, keep).values() for op in ops})
     ones = np.ones(1, np.float32)
-    dataset = nncf.Dataset([fidelity.to_nchw(p) for p in photos], lambda x: dict(zip(INPUT_NAMES, (x, ones, ones))))
+    # Items are (input, fp32 reference or None): the reference travels with its photo into any subset NNCF takes.
+    items = list(zip([fidelity.to_nchw(p) for p in photos], references or [None] * len(photos)))
+    dataset = nncf.Dataset(items, lambda item: dict(zip(INPUT_NAMES, (item[0], ones, ones))))
+    scope = nncf.IgnoredScope(names=islands, types=["MVN", "TopK"], validate=False)
     t0 = time.perf_counter()
-    quantized = nncf.quantize(model, dataset, subset_size=len(photos), model_type=nncf.ModelType.TRANSFORMER,
-                              ignored_scope=nncf.IgnoredScope(names=islands, types=["MVN", "TopK"], validate=False))
+    if min_psnr is None:
+        quantized = nncf.quantize(model, dataset, subset_size=len(photos), model_type=nncf.ModelType.TRANSFORMER,
+                                  ignored_scope=scope)
+    else:
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        # The fp32 model scores PSNR_CAP against its own references; the drop allowed leaves min_psnr.
+        quantized = nncf.quantize_with_accuracy_control(
+            model, dataset, dataset, validate_psnr, max_drop=PSNR_CAP - min_psnr,
+            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(photos), model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=scope,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations))
     seconds = time.perf_counter() - t0
     mark_islands(quantized, graph, keep)  # honoured once serialized (OpenVINO 2026.3+)
     ov.save_model(quantized, str(out), compress_to_fp16=False)
@@ -89,6 +120,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     common.add_threads(p, default=2)
     p.add_argument("--out-ir", type=Path, help="keep the int8 IR here (default: a temporary folder)")
+    p.add_argument("--accuracy-control", type=common.finite_float(0, PSNR_CAP), metavar="DB",
+                   help="NNCF accuracy control: revert quantizers until the calibration photos' mean PSNR against "
+                        "fp32 is at least DB (e.g. 45, the reduced-precision bar)")
+    p.add_argument("--max-reverts", type=common.positive_int, default=8,
+                   help="accuracy control: at most this many revert iterations (default 8)")
     args = p.parse_args(argv)
     try:
         import nncf  # noqa: F401
@@ -101,8 +137,16 @@ def main(argv=None) -> int:
     photos = [fidelity.load_rgb(path, args.max_side) for path in paths]
     with tempfile.TemporaryDirectory() as tmp:
         xml = args.out_ir or Path(tmp) / "int8.xml"
-        seconds = quantize(args.onnx, photos[:args.calib_count], xml)
-        print(f"quantized in {seconds:.0f} s on {args.calib_count} photos from {args.images}", flush=True)
+        calib = photos[:args.calib_count]
+        references = None
+        if args.accuracy_control is not None:
+            with OnnxRuntimeBackend(args.onnx, threads=args.threads) as ort:
+                ones = np.ones(1, np.float32)
+                references = [ort.infer(fidelity.to_nchw(p), ones, ones).enhanced for p in calib]
+        seconds = quantize(args.onnx, calib, xml, min_psnr=args.accuracy_control, references=references,
+                           max_iterations=args.max_reverts)
+        how = "" if args.accuracy_control is None else f" with accuracy control (mean PSNR >= {args.accuracy_control:g} dB)"
+        print(f"quantized{how} in {seconds:.0f} s on {args.calib_count} photos from {args.images}", flush=True)
         int8, ones = Int8Model(xml, args.threads), np.ones(1, np.float32)
         with OnnxRuntimeBackend(args.onnx, threads=args.threads) as ort:
             rows = []

@@ -114,47 +114,36 @@ def sizes(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def existing_file(kind: str = "file"):
-    """An argparse type for a path that must name an existing file (``kind`` names it in the message)."""
+def _path_type(kind: str, problem):
+    """An argparse type for a path; ``problem(text, path)`` says what is wrong with it, or None."""
 
     def parse(text: str) -> Path:
         path = Path(text)
-        if not path.exists():
-            raise argparse.ArgumentTypeError(f"{kind} not found: {text}")
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} is a folder; give the {kind} itself")
+        why = problem(text, path)
+        if why:
+            raise argparse.ArgumentTypeError(why)
         return path
 
-    parse.__name__ = kind
+    parse.__name__ = kind  # argparse names the type in its "invalid ... value" message
     return parse
+
+
+def existing_file(kind: str = "file"):
+    """An argparse type for a path that must name an existing file (``kind`` names it in the message)."""
+    return _path_type(kind, lambda text, path: f"{kind} not found: {text}" if not path.exists() else
+                      f"{text} is a folder; give the {kind} itself" if path.is_dir() else None)
 
 
 def existing_dir(kind: str = "folder"):
     """An argparse type for a path that must name an existing folder."""
-
-    def parse(text: str) -> Path:
-        path = Path(text)
-        if not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{kind} {text} is {'not a folder' if path.exists() else 'not found'}")
-        return path
-
-    parse.__name__ = kind
-    return parse
+    return _path_type(kind, lambda text, path: None if path.is_dir() else
+                      f"{kind} {text} is {'not a folder' if path.exists() else 'not found'}")
 
 
 def file_path(kind: str = "file"):
     """An argparse type for a file that may not exist yet (read if present, written later): not a folder."""
-
-    def parse(text: str) -> Path:
-        path = Path(text)
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"the {kind} path is empty")
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} is a folder; name the {kind} itself (e.g. {Path(text) / 'trt.cache'})")
-        return path
-
-    parse.__name__ = kind
-    return parse
+    return _path_type(kind, lambda text, path: f"the {kind} path is empty" if not text.strip() else
+                      f"{text} is a folder; name the {kind} itself (e.g. {path / 'trt.cache'})" if path.is_dir() else None)
 
 
 VERSION = re.compile(r"^\d+(\.\d+){0,3}$")

@@ -86,13 +86,37 @@ class ManagedFolder:
     def files(self) -> set[str]:
         return {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file() or p.is_symlink()}
 
-    def written(self) -> set[str] | None:
-        """The files the manifest lists, or None when there is no readable manifest."""
+    def manifest(self) -> dict[str, str] | None:
+        """{file: sha256} of what the tool wrote, or None when there is no readable manifest."""
         try:
             listed = json.loads((self.path / self.MANIFEST).read_text()).get("files")
         except (OSError, ValueError, AttributeError):
             return None
-        return set(listed) if isinstance(listed, list) else None
+        if isinstance(listed, list):  # a manifest of names only
+            return {name: "" for name in listed}
+        return {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else None
+
+    def written(self) -> set[str] | None:
+        """The files the manifest lists, or None when there is no readable manifest."""
+        manifest = self.manifest()
+        return None if manifest is None else set(manifest)
+
+    def changed(self) -> list[str]:
+        """Files the tool wrote that are missing or no longer hold what it wrote (the integrity check of a folder
+        artifact); [] when all match. A folder without a manifest raises InputError."""
+        from .errors import InputError
+
+        manifest = self.manifest()
+        if manifest is None:
+            raise InputError(f"{self.path} has no {self.MANIFEST}: write it with {self.tool}")
+        problems = []
+        for name, sha in sorted(manifest.items()):
+            path = self.path / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif sha and file_sha256(path) != sha:
+                problems.append(f"{name} changed since it was written")
+        return problems
 
     def prepare(self, overwrite: bool, inputs=()) -> None:
         """Make the folder ready to write: created, or emptied of what this tool wrote (with ``overwrite``).
@@ -133,6 +157,6 @@ class ManagedFolder:
 
     def record(self) -> None:
         """List every file now in the folder as written by the tool (call it when the tool is done)."""
-        files = sorted(self.files() - {self.MANIFEST})
+        files = {name: file_sha256(self.path / name) for name in sorted(self.files() - {self.MANIFEST})}
         write_bytes_atomically(self.path / self.MANIFEST,
                                (json.dumps({"tool": self.tool, "files": files}, indent=1) + "\n").encode())

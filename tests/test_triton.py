@@ -289,3 +289,18 @@ def test_overwrite_never_deletes_its_own_input(tiny_onnx, tmp_path):
     r = subprocess.run([sys.executable, "-m", "export.triton", "--model", str(inside), "--out", str(repo), "--overwrite"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "an input of this command" in r.stderr and inside.read_bytes() == before
+
+
+def test_the_manifest_tells_a_changed_repository_file(tiny_onnx, tmp_path):
+    from contract.files import ManagedFolder
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo)
+    folder = ManagedFolder(repo, "export.triton")
+    assert folder.changed() == []
+    graph = next(repo.glob(f"{PYTHON_MODEL}/1/model.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    (repo / "README.md").unlink()
+    assert folder.changed() == ["README.md is missing", f"{PYTHON_MODEL}/1/model.onnx changed since it was written"]

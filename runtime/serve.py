@@ -13,6 +13,12 @@ load, unload or upload one), and the repository, shared-memory, logging, trace a
 Python stubs die with the launcher, however it dies (a parent-death signal, and a guard process that kills their
 process group and removes their /dev/shm regions and workspace: ``runtime/serve_guard.py``).
 
+Bounded by default: clients reach a front end (``runtime/serve_front.py``) on --http-port that refuses chunked,
+compressed and oversized bodies and inference requests beyond the models' max batch and largest image before
+Triton allocates anything; Triton's HTTP listens on a loopback port behind it. gRPC is off unless --grpc-port is
+given (Triton 2.51 takes gRPC messages up to 2 GiB, with no option to bound them). A Python stub that dies turns
+readiness off and stops the server (exit 1): Triton 2.51 would keep answering "ready" (``runtime/serve_watch.py``).
+
 The Python backend's stub links the system's libpython3.11, not this interpreter: it is given this
 environment's site-packages and the toolkit's folder through $CODEENHANCE_PYTHONPATH, which the model *appends*
 to sys.path (this environment's standard library must not replace the stub's own).
@@ -39,9 +45,11 @@ from contract import graph
 from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 from . import serve_guard as guard
+from . import serve_watch as watch
+from .serve_bounds import BoundsError, model_bounds
 # find_server, free_port, port_free and ServeError are part of this module's API (tests, benchmarks use them here).
-from .serve_env import (BUNDLED_BACKENDS, HAS_PDEATHSIG, ServeError, die_with_launcher, find_server,  # noqa: F401
-                        free_port, model_backends, port_free, python_path)
+from .serve_env import (BUNDLED_BACKENDS, HAS_PDEATHSIG, INSTALL, ServeError, die_with_launcher,  # noqa: F401
+                        find_server, free_port, model_backends, port_free, python_path)
 from .serve_safety import (ADMIN_HEADER, RESTRICTED_APIS, AdminKey, admin_key_file, exposure_warning, local_address,
                            random_key, restriction_args, scrub_argv)
 
@@ -53,18 +61,26 @@ class TritonServer:
 
     ``models``: names to load (default: those the bundled server can run). ``log``: a writable text stream for
     the server's log lines (None: kept in memory only; the last lines are in error messages either way).
-    ``http_port``/``grpc_port`` 0: a free port, chosen at start. ``admin_key``: opens the admin APIs to clients
-    that send it (``ADMIN_HEADER``); None: they stay closed to every client.
+    ``http_port``/``grpc_port`` 0: a free port, chosen at start; ``grpc_port`` None: gRPC off (it cannot be
+    bounded). ``admin_key``: opens the admin APIs to clients that send it (``ADMIN_HEADER``); None: they stay
+    closed to every client. ``front_end`` False: Triton's HTTP on ``http_port`` itself, unbounded (benchmarks).
+    ``stopped_because``: set when the launcher stopped the server itself (a stub died).
     """
 
-    def __init__(self, repository, *, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int | None = None,
-                 address: str = "127.0.0.1", models: list[str] | None = None, log=sys.stderr,
-                 ready_timeout: float = 300.0, verbose: int = 0, admin_key: AdminKey | None = None):
+    def __init__(self, repository, *, http_port: int = 8000, grpc_port: int | None = None,
+                 metrics_port: int | None = None, address: str = "127.0.0.1", models: list[str] | None = None,
+                 log=sys.stderr, ready_timeout: float = 300.0, verbose: int = 0, admin_key: AdminKey | None = None,
+                 front_end: bool = True):
         self.repository = Path(repository).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.address, self.log, self.ready_timeout, self.verbose = address, log, ready_timeout, verbose
         self.requested = models
         self.admin_key = admin_key
+        self.use_front_end = front_end
+        self.backend_port: int | None = None  # Triton's own HTTP port (behind the front end: on 127.0.0.1)
+        self.front = None
+        self.watch: watch.StubWatch | None = None
+        self.stopped_because: str | None = None
         self.models: list[str] = []
         self.left_out: dict[str, str] = {}
         self.process: subprocess.Popen | None = None
@@ -76,9 +92,14 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        """host:port of the HTTP endpoint (what tritonclient.http takes)."""
+        """host:port of the HTTP endpoint clients use (what tritonclient.http takes)."""
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
         return f"{host}:{self.http_port}"
+
+    @property
+    def backend_url(self) -> str:
+        """host:port of Triton's own HTTP endpoint (the same as ``url`` without the front end)."""
+        return f"127.0.0.1:{self.backend_port}" if self.use_front_end else self.url
 
     def model_url(self, model: str | None = None) -> str:
         return f"triton://{self.url}/{model or self.models[0]}"
@@ -105,11 +126,15 @@ class TritonServer:
     def check_ports(self) -> None:
         if not self.http_port:
             self.http_port = free_port()
-        if not self.grpc_port:
+        if self.grpc_port == 0:
             self.grpc_port = free_port()
-        ports = {"HTTP": self.http_port, "gRPC": self.grpc_port}
+        ports = {"HTTP": self.http_port}
+        if self.grpc_port is not None:
+            ports["gRPC"] = self.grpc_port
         if self.metrics_port:
             ports["metrics"] = self.metrics_port
+        if self.use_front_end:
+            self.backend_port = free_port()
         if len(set(ports.values())) < len(ports):
             raise ServeError(f"the ports must differ: {ports}")
         for what, port in ports.items():
@@ -131,9 +156,16 @@ class TritonServer:
         # Python model, code run as the server's user). Changing the models means restarting the server.
         cmd = [str(paths["tritonserver"]), f"--model-repository={self.model_view()}",
                f"--backend-directory={self.workspace / 'backends'}", "--model-control-mode=none",
-               f"--http-port={self.http_port}", f"--http-address={self.address}", f"--grpc-port={self.grpc_port}",
-               f"--grpc-address={self.address}", "--exit-on-error=true", "--strict-readiness=true",
-               f"--log-verbose={self.verbose}", "--exit-timeout-secs=20"]
+               "--exit-on-error=true", "--strict-readiness=true", f"--log-verbose={self.verbose}",
+               "--exit-timeout-secs=20"]
+        if self.use_front_end:  # only the front end reaches Triton's HTTP
+            cmd += [f"--http-port={self.backend_port}", "--http-address=127.0.0.1"]
+        else:
+            cmd += [f"--http-port={self.http_port}", f"--http-address={self.address}"]
+        if self.grpc_port is None:
+            cmd.append("--allow-grpc=false")
+        else:
+            cmd += [f"--grpc-port={self.grpc_port}", f"--grpc-address={self.address}"]
         cmd += restriction_args(self._key)
         if self.metrics_port:
             cmd += [f"--metrics-port={self.metrics_port}", f"--metrics-address={self.address}",
@@ -192,10 +224,42 @@ class TritonServer:
 
     def _get(self, path: str) -> int:
         try:
-            with urllib.request.urlopen(f"http://{self.url}{path}", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{self.backend_url}{path}", timeout=2) as response:
                 return response.status
         except Exception:  # noqa: BLE001 - not up yet, refused, 400 "not ready"
             return 0
+
+    def start_front_end(self) -> None:
+        """The bounds come from each model's configuration as Triton loaded it (max_batch_size, max_hw)."""
+        from .serve_front import FrontEnd
+
+        bounds = {}
+        for model in self.models:
+            try:
+                with urllib.request.urlopen(f"http://{self.backend_url}/v2/models/{model}/config", timeout=10) as r:
+                    bounds[model] = model_bounds(json.loads(r.read()))
+            except (OSError, ValueError) as e:
+                raise ServeError(f"cannot read model {model!r}'s configuration from the server: {e}") from e
+            except BoundsError as e:
+                raise ServeError(str(e)) from None
+        self.front = FrontEnd(bounds, self.backend_port, ADMIN_HEADER)
+        try:
+            self.front.start(self.address, self.http_port)
+        except ImportError as e:
+            self.front = None
+            raise ServeError(f"the request front end needs aiohttp ({e}): {INSTALL}") from None
+        except OSError as e:
+            self.front = None
+            raise ServeError(f"port {self.http_port} (HTTP) is already in use on this machine or cannot be bound "
+                             f"({e.strerror or e}); stop what uses it or pass another --http-port") from None
+
+    def on_stub_death(self, reason: str) -> None:
+        """From the watch's thread: readiness off at once, then the server stops (the launcher's wait returns)."""
+        self.stopped_because = reason
+        if self.front is not None:
+            self.front.unhealthy = reason
+        print(f"error: {reason}", file=self.log or sys.stderr, flush=True)
+        watch.stop_quickly(self.process)
 
     def probe(self, model: str, timeout: float) -> str | None:
         """One real inference (a 16x16 gray image, default weights): None when the answer has the contract's output
@@ -241,10 +305,14 @@ class TritonServer:
             time.sleep(0.25)
         else:
             raise ServeError(self.failure(f"the server was not ready after {self.ready_timeout:g} s"))
+        if self.use_front_end:
+            self.start_front_end()
+        self.watch = watch.StubWatch(self.process.pid, self.on_stub_death)  # the stubs there now are the ones to keep
         for model in self.models:  # loaded is not answering: a real request proves the whole path
             problem = self.probe(model, deadline - time.monotonic())
             if problem:
                 raise ServeError(self.failure(f"model {model!r} is loaded but a test inference failed: {problem}"))
+        self.watch.start()
         if not self.key_hidden:  # no log line yet: the options were parsed long ago
             self.key_hidden = scrub_argv(self.process.pid, self._key.value)
 
@@ -274,6 +342,11 @@ class TritonServer:
         guard kills what is left of the process group (a stub stuck in a batch ignores SIGTERM) and removes the
         /dev/shm regions and the workspace."""
         code = None
+        if self.watch is not None:
+            self.watch.stop()
+        if self.front is not None:  # no new requests first
+            self.front.stop()
+            self.front = None
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGINT)
@@ -310,13 +383,25 @@ class TritonServer:
         self.stop()
 
 
+def describe_status(code: int) -> str:
+    """"status 1", or the signal that killed it ("killed by SIGSEGV"): a crash is not an error line in its log."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"status {code}"
+
+
 def parse_args(argv):
     p = common.parser("python -m runtime.serve", __doc__)
     p.error = lambda message: _usage_error(p, message)
     # A Path, checked at start (not an argparse type): a bad later flag is then named first, whatever the order.
     p.add_argument("--repository", required=True, type=Path, help="model repository (python -m export.triton)")
     p.add_argument("--http-port", type=common.port, default=8000, help="HTTP port, 1..65535 (default 8000)")
-    p.add_argument("--grpc-port", type=common.port, default=8001, help="gRPC port, 1..65535 (default 8001)")
+    p.add_argument("--grpc-port", type=common.port, default=None,
+                   help="also serve gRPC on this port, 1..65535 (default: off: Triton 2.51 takes gRPC messages up to "
+                        "2 GiB and the front end bounds HTTP only; see README Security)")
     p.add_argument("--metrics-port", type=common.port_or_off, default=0, help="Prometheus metrics port (default 0: off)")
     p.add_argument("--address", type=local_address, default="127.0.0.1",
                    help="IPv4 address of this machine to listen on (default 127.0.0.1; 0.0.0.0 for all: see README "
@@ -363,10 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         if not server.key_hidden:
             print("warning: could not hide the restricted-API key in the server's command line (ps shows it); "
                   "the kernel refused to rewrite it", file=sys.stderr)
-        print(f"ready: {', '.join(server.models)} on http://{server.url} (gRPC port {server.grpc_port}); admin APIs "
+        grpc = (f"gRPC port {server.grpc_port}, not bounded" if server.grpc_port else "gRPC off")
+        print(f"ready: {', '.join(server.models)} on http://{server.url} (requests bounded; {grpc}); admin APIs "
               f"{admin}; clients: --model {server.model_url()}. Ctrl-C stops.", file=sys.stderr, flush=True)
         code = server.process.wait()
-        print(f"error: {server.failure(f'the server stopped by itself (status {code})')}", file=sys.stderr)
+        if server.watch is not None:
+            server.watch.thread.join(2)  # its message, if it stopped the server, comes first
+        if not server.stopped_because:  # else the watch has said why
+            print(f"error: {server.failure(f'the server stopped by itself ({describe_status(code)})')}",
+                  file=sys.stderr)
         return EXIT_PARTIAL
     except KeyboardInterrupt:
         print("stopping the server (in-flight requests finish first)...", file=sys.stderr, flush=True)

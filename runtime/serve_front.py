@@ -92,8 +92,9 @@ class FrontEnd:
 
         # lingering_time 0: a refused body is not drained (the connection closes); auto_decompress off: a
         # compressed body is never inflated, even by mistake; keep-alive bounded.
-        server = web.Server(self.handle, lingering_time=0, auto_decompress=False, keepalive_timeout=75)
-        self._runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+        server = web.Server(self.handle, lingering_time=0, auto_decompress=False, keepalive_timeout=75,
+                            access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, address, port, reuse_address=False).start()
@@ -124,6 +125,12 @@ class FrontEnd:
         return response
 
     async def handle(self, request):
+        try:
+            return await self.route(request)
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client went away mid-body
+            return self.refuse(400, "the body ended before its Content-Length")
+
+    async def route(self, request):
         path = request.raw_path.split("?", 1)[0]  # the same string is matched and forwarded
         method = request.method
         if not PATH_CHARS.match(path) or "//" in path or "/." in path:
@@ -201,6 +208,7 @@ class FrontEnd:
         headers["Accept-Encoding"] = "identity"
         if length is not None:
             headers["Content-Length"] = str(length)  # streamed: sent as is, never chunked
+        response = None
         try:
             async with self._session.request(request.method, self.backend + path, data=body or None,
                                              headers=headers) as answer:
@@ -217,5 +225,9 @@ class FrontEnd:
                 await response.write_eof()
                 return response
         except (ClientError, asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            if response is not None:  # part of the answer went out: only closing the connection tells the client
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             # The server went away mid-request (killed, stopped), or the client's body ended early.
             return self.refuse(502, "the inference server did not answer this request")

@@ -126,6 +126,13 @@ def memory(pid: int) -> tuple[int, int]:
     return values["VmHWM"], values["VmRSS"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peaks(pids) -> dict[int, int]:
     """Reset each process's peak to its resident size (clear_refs 5); their resident sizes now, KiB."""
     now = {}
@@ -251,7 +258,9 @@ def measure(repo: Path, front_end: bool, requests: int) -> dict:
         for _ in range(3):  # warm-up
             good_inference(child.url)
         for clients in (1, 16):
+            cpu = cpu_seconds(child.proc.pid)  # the child runs the front end (with it) or only waits (without)
             result["latency"][clients] = p50_latency(child.url, clients, requests)
+            result.setdefault("child_cpu_ms", {})[clients] = (cpu_seconds(child.proc.pid) - cpu) * 1000 / requests
         for name, attack in ATTACKS.items():
             before = reset_peaks(child.pids())
             start = time.perf_counter()
@@ -292,10 +301,14 @@ def report(results: dict, command: str, requests: int) -> str:
         lines.append(f"| {name} | {' | '.join(cell(a))} | {fc[0]} | {fc[1]} | "
                      f"{'-' if not f else format(f['front_mib'], '.0f')} | {fc[2]} |")
     lines += ["", f"## Cost per request (64x64, {requests} requests per level, p50 ms, errors)", "",
-              "| clients | Triton alone | behind the front end | difference |", "|---|---|---|---|"]
+              "| clients | Triton alone | behind the front end | difference | front end CPU ms/request |",
+              "|---|---|---|---|---|"]
     for clients in (1, 16):
         (a, ae), (f, fe) = alone["latency"][clients], front["latency"][clients]
-        lines.append(f"| {clients} | {a:.1f} ({ae}) | {f:.1f} ({fe}) | {f - a:+.1f} ms ({(f / a - 1) * 100:+.0f}%) |")
+        lines.append(f"| {clients} | {a:.1f} ({ae}) | {f:.1f} ({fe}) | {f - a:+.1f} ms ({(f / a - 1) * 100:+.0f}%) | "
+                     f"{front['child_cpu_ms'][clients]:.2f} |")
+    lines += ["", "Front end CPU: CPU time of the launcher process (the front end's thread; the launcher itself only "
+                  "waits) per request, a figure the machine's load does not inflate as it does latency."]
     return "\n".join(lines) + "\n"
 
 

@@ -36,25 +36,20 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 from contract import cli as common
-from contract import graph
 from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 from . import serve_guard as guard
 from . import serve_watch as watch
-from .serve_bounds import BoundsError, model_bounds
+from .serve_bounds import BoundsError, served_bounds
 # find_server, free_port, port_free and ServeError are part of this module's API (tests, benchmarks use them here).
-from .serve_env import (BUNDLED_BACKENDS, HAS_PDEATHSIG, INSTALL, ServeError, die_with_launcher,  # noqa: F401
-                        find_server, free_port, model_backends, port_free, python_path)
+from .serve_env import (BUNDLED_BACKENDS, HAS_PDEATHSIG, ServeError, die_with_launcher, find_server,  # noqa: F401
+                        free_port, model_backends, port_free, python_path)
 from .serve_safety import (ADMIN_HEADER, RESTRICTED_APIS, AdminKey, admin_key_file, exposure_warning, local_address,
                            random_key, restriction_args, scrub_argv)
-
-PROBE_SIDE = 16  # the readiness inference: one 16x16 image, cheap on any model
-
 
 class TritonServer:
     """The server as a context manager: ``with TritonServer(repo, http_port=p) as server: server.url``.
@@ -233,21 +228,17 @@ class TritonServer:
         """The bounds come from each model's configuration as Triton loaded it (max_batch_size, max_hw)."""
         from .serve_front import FrontEnd
 
-        bounds = {}
-        for model in self.models:
-            try:
-                with urllib.request.urlopen(f"http://{self.backend_url}/v2/models/{model}/config", timeout=10) as r:
-                    bounds[model] = model_bounds(json.loads(r.read()))
-            except (OSError, ValueError) as e:
-                raise ServeError(f"cannot read model {model!r}'s configuration from the server: {e}") from e
-            except BoundsError as e:
-                raise ServeError(str(e)) from None
+        try:
+            bounds = served_bounds(self.backend_url, self.models)
+        except BoundsError as e:
+            raise ServeError(str(e)) from None
         self.front = FrontEnd(bounds, self.backend_port, ADMIN_HEADER)
         try:
             self.front.start(self.address, self.http_port)
         except ImportError as e:
             self.front = None
-            raise ServeError(f"the request front end needs aiohttp ({e}): {INSTALL}") from None
+            raise ServeError(f"the request front end needs aiohttp ({e}): pip install \"aiohttp>=3.12.14\" (part of "
+                             "the [serve] extra)") from None
         except OSError as e:
             self.front = None
             raise ServeError(f"port {self.http_port} (HTTP) is already in use on this machine or cannot be bound "
@@ -255,43 +246,19 @@ class TritonServer:
 
     def on_stub_death(self, reason: str) -> None:
         """From the watch's thread: readiness off at once, then the server stops (the launcher's wait returns)."""
-        self.stopped_because = reason
         if self.front is not None:
             self.front.unhealthy = reason
-        print(f"error: {reason}", file=self.log or sys.stderr, flush=True)
+        time.sleep(0.3)
+        if self.process.poll() is not None:  # the whole server died (its stubs with it): the launcher says why
+            return
+        self.stopped_because = reason
+        if self.log is not None:
+            print(f"error: {reason}", file=self.log, flush=True)
         watch.stop_quickly(self.process)
 
     def probe(self, model: str, timeout: float) -> str | None:
-        """One real inference (a 16x16 gray image, default weights): None when the answer has the contract's output
-        with the right shape and finite values, else what went wrong."""
-        side = PROBE_SIDE
-        shape = [1, 3, side, side]
-        image, w_texture, w_style = graph.INPUT_NAMES
-        body = {"inputs": [{"name": image, "shape": shape, "datatype": "FP32", "data": [0.2] * (3 * side * side)},
-                           {"name": w_texture, "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
-                           {"name": w_style, "shape": [1, 1], "datatype": "FP32", "data": [1.0]}],
-                "outputs": [{"name": graph.OUTPUT_ENHANCED, "parameters": {"binary_data": False}}]}
-        request = urllib.request.Request(f"http://{self.url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=max(timeout, 1.0)) as response:
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            try:
-                return json.loads(e.read()).get("error", str(e))
-            except ValueError:
-                return str(e)
-        except (OSError, ValueError) as e:
-            return f"no answer ({e})"
-        outputs = {o.get("name"): o for o in answer.get("outputs", [])}
-        out = outputs.get(graph.OUTPUT_ENHANCED)
-        if out is None or out.get("shape") != shape:
-            return f"the answer lacks {graph.OUTPUT_ENHANCED} {shape}: {sorted(outputs)}"
-        values = out.get("data", [])
-        if len(values) != 3 * side * side or not all(isinstance(v, (int, float)) and abs(v) < float("inf")
-                                                     for v in values):
-            return "the answer's values are missing or not finite"
-        return None
+        """One real inference through the clients' endpoint: None when it answered right, else what went wrong."""
+        return watch.probe(self.url, model, timeout)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -316,22 +283,16 @@ class TritonServer:
         if not self.key_hidden:  # no log line yet: the options were parsed long ago
             self.key_hidden = scrub_argv(self.process.pid, self._key.value)
 
-    def failure(self, what: str) -> str:
+    def failure(self, what: str, crashed: bool = False) -> str:
         """``what``, with the cause found in the log: a port taken, a model that failed to load, else the server's
-        last error line. One line when the log was shown as it came (``log``); else the last log lines follow."""
+        last error line (not when it ``crashed``: a signal writes no error line, and the last one is unrelated).
+        One line when the log was shown as it came (``log``); else the last log lines follow."""
         log = "\n".join(self.lines)
         reasons = []
         if re.search(r"address already in use|failed to (start|bind)", log, re.I):
             reasons.append(f"a port is taken (HTTP {self.http_port}, gRPC {self.grpc_port}"
                            f"{f', metrics {self.metrics_port}' if self.metrics_port else ''}); pass other ports")
-        # Explicit mode says "load failed for model 'm': ...", mode none "failed to load 'm' version 1: ..."; the
-        # message is one quoted line with \n escapes: its first line is the cause, the rest the stub's "At:" frames.
-        for model, error in re.findall(r"(?:load failed for model|failed to load) '([^']+)'(?: version \d+)?: (.*)", log):
-            cause = error.split("\\n")[0].rstrip('"')
-            reasons.append(f"model {model!r} failed to load: {cause}")
-        if not reasons:  # Triton's own error lines ("E1206 10:00:00.0 123 file.cc:45] message"), the last one
-            errors = re.findall(r"^E\d{4} [\d:.]+\s+\d+ \S+\] (.*)$", log, re.M)
-            reasons += errors[-1:]
+        reasons += watch.causes_in_log(log, crashed=crashed)
         message = f"{what}: " + ("; ".join(dict.fromkeys(reasons)) or "see the server's log above")
         if self.log is None:
             message += "\n  last log lines:\n  " + "\n  ".join(list(self.lines)[-15:])
@@ -455,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         if server.watch is not None:
             server.watch.thread.join(2)  # its message, if it stopped the server, comes first
         if not server.stopped_because:  # else the watch has said why
-            print(f"error: {server.failure(f'the server stopped by itself ({describe_status(code)})')}",
+            print(f"error: {server.failure(f'the server stopped by itself ({describe_status(code)})', crashed=code < 0)}",
                   file=sys.stderr)
         return EXIT_PARTIAL
     except KeyboardInterrupt:

@@ -17,7 +17,9 @@ Only the JSON header is parsed, at most ``JSON_HEADER_LIMIT`` bytes: larger imag
 """
 from __future__ import annotations
 
+import json
 import math
+import urllib.request
 from dataclasses import dataclass, field
 
 JSON_HEADER_LIMIT = 1 << 20  # a 64x64 image as JSON numbers is ~120 KB; anything larger should be binary
@@ -86,6 +88,18 @@ def model_bounds(config: dict) -> ModelBounds:
     return ModelBounds(name, inputs)
 
 
+def served_bounds(url: str, models) -> dict[str, ModelBounds]:
+    """Each model's bounds from its configuration as the server at ``url`` (host:port) loaded it."""
+    bounds = {}
+    for model in models:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/models/{model}/config", timeout=10) as answer:
+                bounds[model] = model_bounds(json.loads(answer.read()))
+        except (OSError, ValueError) as e:
+            raise BoundsError(f"cannot read model {model!r}'s configuration from the server: {e}") from e
+    return bounds
+
+
 def check_request(bounds: ModelBounds, header, body_length: int, header_length: int) -> str | None:
     """None when the request's JSON ``header`` (already parsed) stays within ``bounds`` and its binary tensors add
     up to the body; else what is wrong, for the client."""
@@ -109,9 +123,9 @@ def check_request(bounds: ModelBounds, header, body_length: int, header_length: 
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             return f"input {name!r}: 'shape' must be a list of whole numbers >= 0"
         if len(shape) != len(bound.max_shape) or any(d > m for d, m in zip(shape, bound.max_shape)):
-            return (f"input {name!r} shape {shape[:8]} exceeds what model {bounds.name!r} takes: at most "
-                    f"{list(bound.max_shape)} (max batch, and the largest image HxW the repository was written for; "
-                    "tile larger images on the client: runtime.Enhancer does)")
+            return (f"input {name!r} shape {shape[:8]} exceeds the largest size model {bounds.name!r} takes, "
+                    f"{list(bound.max_shape)} (its max batch and largest image HxW; tile larger images on the "
+                    "client: runtime.Enhancer does)")
         parameters = item.get("parameters", {})
         if not isinstance(parameters, dict):
             return f"input {name!r}: 'parameters' must be a JSON object"

@@ -97,7 +97,7 @@ class FrontEnd:
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, address, port, reuse_address=False).start()
+            await web.TCPSite(self._runner, address, port).start()  # SO_REUSEADDR: a restart need not wait for TIME_WAIT
         except BaseException:
             await self._runner.cleanup()
             raise

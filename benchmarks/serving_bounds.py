@@ -32,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract import cli as common  # noqa: E402
+from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED  # noqa: E402
 from export.triton import PYTHON_MODEL, Serving, write_repository  # noqa: E402
 from runtime import serve_guard as guard  # noqa: E402
 
@@ -76,14 +78,14 @@ def _post(port: int, headers: dict, parts, timeout: float = 120.0) -> str:
 
 
 def declare_huge(port: int) -> str:
-    body = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 8000, 8000], "datatype": "FP32", "data": [0.5]},
-                                  {"name": "w_texture", "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
-                                  {"name": "w_style", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}).encode()
+    body = json.dumps({"inputs": [{"name": INPUT_IMAGE, "shape": [1, 3, 8000, 8000], "datatype": "FP32", "data": [0.5]},
+                                  {"name": INPUT_W_TEXTURE, "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
+                                  {"name": INPUT_W_STYLE, "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}).encode()
     return _post(port, {"Content-Type": "application/json", "Content-Length": len(body)}, [body])
 
 
 def oversized(port: int, size: int = 108_000_000) -> str:
-    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32",
+    header = json.dumps({"inputs": [{"name": INPUT_IMAGE, "shape": [1, 3, 64, 64], "datatype": "FP32",
                                      "parameters": {"binary_data_size": size}}]}).encode()
     piece = b"\0" * (1 << 20)
     parts = [header] + [piece] * (size // len(piece)) + [piece[:size % len(piece)]]
@@ -93,7 +95,7 @@ def oversized(port: int, size: int = 108_000_000) -> str:
 
 def compressed(port: int) -> str:
     squeeze = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format; fed in pieces (400 MB never in memory)
-    parts = [squeeze.compress(json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 64, 64], "datatype": "FP32",
+    parts = [squeeze.compress(json.dumps({"inputs": [{"name": INPUT_IMAGE, "shape": [1, 3, 64, 64], "datatype": "FP32",
                                                       "data": [0.5] * (3 * 64 * 64)}]}).encode())]
     spaces = b" " * (1 << 20)
     parts += [squeeze.compress(spaces) for _ in range(400_000_000 // len(spaces))] + [squeeze.flush()]
@@ -161,12 +163,12 @@ def good_inference(url: str, image=IMAGE, timeout: float = 120.0):
     client = http.InferenceServerClient(url, network_timeout=timeout, connection_timeout=10)
     try:
         inputs = []
-        for name, value in (("image", image), ("w_texture", np.ones((len(image), 1), np.float32)),
-                            ("w_style", np.ones((len(image), 1), np.float32))):
+        for name, value in ((INPUT_IMAGE, image), (INPUT_W_TEXTURE, np.ones((len(image), 1), np.float32)),
+                            (INPUT_W_STYLE, np.ones((len(image), 1), np.float32))):
             tensor = http.InferInput(name, list(value.shape), "FP32")
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        return client.infer(PYTHON_MODEL, inputs).as_numpy("enhanced")
+        return client.infer(PYTHON_MODEL, inputs).as_numpy(OUTPUT_ENHANCED)
     except Exception as e:  # noqa: BLE001 - reported
         return f"{type(e).__name__}: {e}"
     finally:
@@ -183,8 +185,8 @@ def p50_latency(url: str, clients: int, requests: int) -> tuple[float, int]:
     def client():
         conn = http.InferenceServerClient(url, network_timeout=120)
         inputs = []
-        for name, value in (("image", IMAGE), ("w_texture", np.ones((1, 1), np.float32)),
-                            ("w_style", np.ones((1, 1), np.float32))):
+        for name, value in ((INPUT_IMAGE, IMAGE), (INPUT_W_TEXTURE, np.ones((1, 1), np.float32)),
+                            (INPUT_W_STYLE, np.ones((1, 1), np.float32))):
             tensor = http.InferInput(name, list(value.shape), "FP32")
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
@@ -195,7 +197,7 @@ def p50_latency(url: str, clients: int, requests: int) -> tuple[float, int]:
                         return
                 start = time.perf_counter()
                 try:
-                    conn.infer(PYTHON_MODEL, inputs).as_numpy("enhanced")
+                    conn.infer(PYTHON_MODEL, inputs).as_numpy(OUTPUT_ENHANCED)
                     with lock:
                         latencies.append((time.perf_counter() - start) * 1000)
                 except Exception as e:  # noqa: BLE001 - counted
@@ -271,8 +273,8 @@ def measure(repo: Path, front_end: bool, requests: int) -> dict:
             front = rise.pop(child.proc.pid) if front_end else None
             alive = child.proc.poll() is None and all(v is not None for v in rise.values())
             served = alive and isinstance(good_inference(child.url, timeout=60), np.ndarray)
-            result["attacks"][name] = {"answer": answer, "seconds": seconds, "server_mib": sum(v or 0 for v in rise.values()),
-                                       "front_mib": front, "still_serving": served}
+            result["attacks"][name] = {"answer": answer, "seconds": seconds, "front_mib": front,
+                                       "server_mib": sum(v or 0 for v in rise.values()), "still_serving": served}
             if not alive:
                 break
     finally:
@@ -312,11 +314,13 @@ def report(results: dict, command: str, requests: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+@common.run_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.parser("python benchmarks/serving_bounds.py", __doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
-    p.add_argument("--requests", type=int, default=40, help="requests per latency level (default 40)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cpu-2core/serving_bounds.md")
+    p.add_argument("--requests", type=common.positive_int, default=40, help="requests per latency level (default 40)")
+    common.add_output(p, required=False, default=ROOT / "benchmarks/results/cpu-2core/serving_bounds.md",
+                      overwrite_help=None, help="the markdown report to write")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--front-end", choices=("on", "off"), help=argparse.SUPPRESS)

@@ -26,6 +26,7 @@ to sys.path (this environment's standard library must not replace the stub's own
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import os
 import re
@@ -171,6 +172,9 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         paths = find_server()
+        if self.use_front_end and importlib.util.find_spec("aiohttp") is None:  # before a minute of loading
+            raise ServeError('the request front end needs aiohttp: pip install "aiohttp>=3.12.14" (part of the '
+                             "[serve] extra)")
         self.select_models()
         self.check_ports()
         self._key = self.admin_key or random_key()
@@ -235,10 +239,6 @@ class TritonServer:
         self.front = FrontEnd(bounds, self.backend_port, ADMIN_HEADER)
         try:
             self.front.start(self.address, self.http_port)
-        except ImportError as e:
-            self.front = None
-            raise ServeError(f"the request front end needs aiohttp ({e}): pip install \"aiohttp>=3.12.14\" (part of "
-                             "the [serve] extra)") from None
         except OSError as e:
             self.front = None
             raise ServeError(f"port {self.http_port} (HTTP) is already in use on this machine or cannot be bound "
@@ -290,7 +290,8 @@ class TritonServer:
         log = "\n".join(self.lines)
         reasons = []
         if re.search(r"address already in use|failed to (start|bind)", log, re.I):
-            reasons.append(f"a port is taken (HTTP {self.http_port}, gRPC {self.grpc_port}"
+            reasons.append(f"a port is taken (HTTP {self.backend_port or self.http_port}"
+                           f"{f', gRPC {self.grpc_port}' if self.grpc_port else ''}"
                            f"{f', metrics {self.metrics_port}' if self.metrics_port else ''}); pass other ports")
         reasons += watch.causes_in_log(log, crashed=crashed)
         message = f"{what}: " + ("; ".join(dict.fromkeys(reasons)) or "see the server's log above")
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(args.repository, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port or None, address=args.address, models=args.models,
                           ready_timeout=args.ready_timeout, verbose=args.log_verbose, admin_key=args.admin_key)
-    warning = exposure_warning(args.address, bool(args.metrics_port), args.admin_key is not None)
+    warning = exposure_warning(args.address, bool(args.metrics_port), args.admin_key is not None,
+                               grpc=args.grpc_port is not None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     stopping = []

@@ -2,7 +2,7 @@
 
 Triton 2.51 allocates what a request declares before any model sees it: a 255-byte JSON request declaring ``image``
 1x3x8000x8000 made the bundled server's resident memory peak 730 MiB higher, a gzip body is inflated in full, and
-it has no option to bound a body (``--http-max-input-size`` came with Triton 2.58's PR server#8174; gRPC's
+it has no option to bound a body (``--http-max-input-size`` came later, server PR #8174 of 2025; gRPC's
 message limit is fixed at INT32_MAX: src/common.h ``MAX_GRPC_MESSAGE_SIZE``). So ``runtime.serve_front`` checks
 each request here first, from the model's own configuration (read from the server at start):
 

@@ -176,8 +176,9 @@ class FrontEnd:
                 return self.refuse(413, f"a JSON request is limited to {JSON_HEADER_LIMIT} bytes; send the "
                                         "tensors as binary data (tritonclient's default)")
         else:
-            if not declared.isdigit() or not 0 < int(declared) <= min(length, JSON_HEADER_LIMIT):
-                return self.refuse(400, f"Inference-Header-Content-Length must be a number in 1..{min(length, JSON_HEADER_LIMIT)}")
+            most = min(length, JSON_HEADER_LIMIT)
+            if not declared.isdigit() or not 0 < int(declared) <= most:
+                return self.refuse(400, f"Inference-Header-Content-Length must be a number in 1..{most}")
             header_length = int(declared)
         raw = await request.content.readexactly(header_length)
         try:

@@ -129,7 +129,7 @@ def is_loopback(address: str) -> bool:
     return ipaddress.IPv4Address(address).is_loopback
 
 
-def exposure_warning(address: str, metrics: bool, admin_open: bool) -> str | None:
+def exposure_warning(address: str, metrics: bool, admin_open: bool, grpc: bool = False) -> str | None:
     """What a client beyond this machine can and cannot do, when the server listens beyond loopback."""
     if is_loopback(address):
         return None
@@ -138,6 +138,8 @@ def exposure_warning(address: str, metrics: bool, admin_open: bool) -> str | Non
             "metadata and configurations and check health, with no authentication and no TLS (images travel in "
             f"clear); locked: {', '.join(RESTRICTED_APIS)} "
             f"({'open to holders of the --admin-key-file key, which also travels in clear' if admin_open else 'to everyone'})"
-            f"{'; the metrics port is open to all' if metrics else ''}. Triton 2.51 has known CVEs "
+            f"{'; the metrics port is open to all' if metrics else ''}"
+            f"{'; gRPC requests are not bounded (up to 2 GiB each): drop --grpc-port' if grpc else ''}. HTTP requests "
+            "are bounded by the launcher's front end; Triton 2.51 has known CVEs "
             "(CVE-2025-23310/23311/23319/23320/23334): put a TLS proxy with authentication and request limits in "
             f"front, or listen on {LOOPBACK_HINT}")

@@ -3,9 +3,9 @@ for why it stopped.
 
 Triton 2.51 neither restarts a stub that died (kill -9, a crash in a backend library) nor marks its model unready:
 ``/v2/health/ready`` and ``/v2/models/<m>/ready`` keep answering 200 while every request fails with "Stub process
-... is not healthy" (measured here; server issue #8604: python_backend's restart was dropped in its PR #360; model
-readiness that sees a dead stub came with server PR #8552, after 2.51). So the launcher watches them: when one is
-gone, readiness turns off at once (the front end answers 503) and the server is stopped, so that the launcher
+... is not healthy" (measured here; server issue #8604: python_backend's restart was dropped in its PR #360; a
+model readiness that sees a dead stub is tested only from server PR #8552, Dec 2025). So the launcher watches
+them: when one is gone, readiness turns off at once (the front end answers 503) and the server is stopped, so that the launcher
 exits 1 with the cause and whatever supervises it (systemd, Kubernetes, a load balancer's health check) sees a
 dead replica instead of one that answers every request with an error. Not restarted in place: a stub that dies
 again and again (a crash triggered by some request) would then look healthy between crashes; a restart policy

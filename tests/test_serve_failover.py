@@ -1,6 +1,8 @@
 """Issue 21 part 7: two replicas of the same repository behind one client (``triton://A,B/MODEL``), on the real
 Triton 2.51 (127.0.0.1, no mocks). One launcher is killed with -9 while a client sends requests back to back; every
-request is answered, each equal to the in-process result, the ones after the kill by the other replica. The URL's
+request is answered, each equal to the in-process result, the ones after the kill by the other replica. The kill
+comes while the first replica's Python stub is computing a batch (its CPU time rising), so a batch is lost in flight
+and must be sent again. The URL's
 endpoint list is checked without a server first. The only test that runs two servers at once; every wait is
 bounded.
 """
@@ -73,9 +75,11 @@ class Launcher:
 def test_a_replica_killed_mid_run_loses_no_request(tiny_onnx, tmp_path):
     pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
     pytest.importorskip("aiohttp", reason="aiohttp not installed (the [serve] extra): the front end needs it")
+    from benchmarks.serving_bounds import cpu_seconds
     from benchmarks.triton_load import make_images
     from runtime import Enhancer, serve_guard as guard
     from runtime.serve import ServeError, find_server, free_port
+    from runtime.serve_watch import stub_processes
     from runtime.triton_backend import TritonBackend
 
     try:
@@ -84,7 +88,7 @@ def test_a_replica_killed_mid_run_loses_no_request(tiny_onnx, tmp_path):
         pytest.skip(f"no Triton server: {e}")
     repo = tmp_path / "repo"
     write_repository(tiny_onnx, repo, serving=Serving(max_batch=2, max_hw=(128, 128), delay_us=1000), threads=1)
-    images = make_images(REQUESTS, 48, 64)
+    images = make_images(REQUESTS, 96, 128)  # long enough a batch to kill the server in the middle of one
     with Enhancer(tiny_onnx) as local:
         expected = [local.enhance(image) for image in images]
     before = guard.regions()
@@ -111,7 +115,12 @@ def test_a_replica_killed_mid_run_loses_no_request(tiny_onnx, tmp_path):
         for _ in range(KILL_AFTER):
             assert progress.acquire(timeout=120), "the client stalled before the kill"
         assert backend.active == ("127.0.0.1", first.port)  # the first replica was serving
-        os.kill(first.proc.pid, signal.SIGKILL)  # the launcher, its front end and (parent-death) its server
+        stub = next(iter(stub_processes(_child_server(first.proc.pid))))
+        busy, deadline = cpu_seconds(stub), time.monotonic() + 30
+        while cpu_seconds(stub) == busy and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert cpu_seconds(stub) > busy, "the first replica's stub never started the next batch"
+        os.kill(first.proc.pid, signal.SIGKILL)  # mid-batch: the launcher, its front end and (parent-death) its server
         assert done.wait(240), "the client did not finish after the kill"
         lost = [(i, a) for i, a in enumerate(answers) if not isinstance(a, np.ndarray)]
         assert not lost, f"requests lost when a replica died: {lost}"
@@ -127,3 +136,15 @@ def test_a_replica_killed_mid_run_loses_no_request(tiny_onnx, tmp_path):
     while guard.regions() - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not guard.regions() - before, "a replica left /dev/shm regions"
+
+
+def _child_server(parent: int) -> int:
+    """The tritonserver process the launcher ``parent`` started."""
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if "(tritonserver)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            return int(entry)
+    pytest.fail(f"no tritonserver started by {parent}")

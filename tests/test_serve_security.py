@@ -180,6 +180,8 @@ def test_binding_beyond_loopback_warns_what_is_and_is_not_protected():
     for part in ("every interface", "inference", "no authentication", "no TLS", "model-repository",
                  "shared-memory", "statistics", "metrics port is open", "CVE-2025-23310"):
         assert part in warning, part
+    assert "gRPC requests are not bounded" not in warning
+    assert "gRPC requests are not bounded" in exposure_warning("0.0.0.0", False, False, grpc=True)
 
 
 def free() -> int:

@@ -41,7 +41,8 @@ import urllib.request
 from pathlib import Path
 
 from contract import cli as common
-from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from contract.files import ManagedFolder
+from contract.errors import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BadArtifactError
 
 from . import serve_guard as guard
 from . import serve_watch as watch
@@ -107,6 +108,12 @@ class TritonServer:
         if not backends:
             raise ServeError(f"--repository {self.repository} holds no <model>/config.pbtxt; write one with "
                              "python -m export.triton")
+        # A repository export.triton wrote carries its files' hashes: a changed or missing one is refused before
+        # the server loads it (a repository made by hand has no manifest and is served unverified).
+        folder = ManagedFolder(self.repository, "python -m export.triton", flag="--repository")
+        if folder.manifest() is not None and folder.changed():
+            raise BadArtifactError(f"--repository {self.repository} is corrupt: {'; '.join(folder.changed()[:5])}; "
+                                   "write it again with python -m export.triton")
         if self.requested:
             unknown = [m for m in self.requested if m not in backends]
             if unknown:

@@ -304,3 +304,18 @@ def test_the_manifest_tells_a_changed_repository_file(tiny_onnx, tmp_path):
     graph.write_bytes(bytes(data))
     (repo / "README.md").unlink()
     assert folder.changed() == ["README.md is missing", f"{PYTHON_MODEL}/1/model.onnx changed since it was written"]
+
+
+def test_the_launcher_refuses_a_changed_repository_before_starting(tiny_onnx, tmp_path):
+    from contract.errors import BadArtifactError
+    from runtime.serve import TritonServer
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo)
+    TritonServer(repo).select_models()  # as written: accepted
+    graph = next(repo.glob(f"{PYTHON_MODEL}/1/model.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BadArtifactError, match=f"is corrupt: {PYTHON_MODEL}/1/model.onnx changed since it was written"):
+        TritonServer(repo).select_models()

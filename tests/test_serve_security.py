@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,9 +160,12 @@ def test_a_missing_or_broken_repository_is_a_one_line_error(repo, tmp_path):
     broken = tmp_path / "broken"
     write_repository(repo / PYTHON_MODEL / "1" / "model.onnx", broken, serving=Serving(max_hw=MAX_HW))
     (broken / PYTHON_MODEL / "1" / "model.onnx").write_bytes(b"\x08\x07 not a graph")
+    unlisted = tmp_path / "unlisted"  # the same, as if made by hand (no manifest): the server finds the bad model
+    shutil.copytree(broken, unlisted)
+    (unlisted / ".codeenhance-manifest.json").unlink()
     before = set(tritonservers())
     cases = {tmp_path / "nope": "is not a folder", tmp_path / "empty": "holds no <model>/config.pbtxt",
-             broken: f"model '{PYTHON_MODEL}' failed to load"}
+             broken: "model.onnx changed since it was written", unlisted: f"model '{PYTHON_MODEL}' failed to load"}
     for folder, message in cases.items():
         result = serve_cli("--repository", folder, "--http-port", free(), "--grpc-port", free(),
                            "--ready-timeout", 120, timeout=200)

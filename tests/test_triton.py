@@ -218,6 +218,7 @@ def test_serve_reports_a_taken_port_and_a_model_that_fails(repo, tmp_path):
     broken = tmp_path / "broken"
     write_repository(Path(repo / PYTHON_MODEL / "1" / "model.onnx"), broken, serving=Serving(max_hw=MAX_HW))
     (broken / PYTHON_MODEL / "1" / "model.onnx").write_bytes(b"\x08\x07 not a graph")
+    (broken / ".codeenhance-manifest.json").unlink()  # as if made by hand: the server itself finds the bad model
     with pytest.raises(ServeError, match=f"model '{PYTHON_MODEL}' failed to load"):
         start_server(broken)
 

@@ -12,6 +12,19 @@ GOLDEN = SHARED / "golden"
 LOWLIGHT = SHARED / "data" / "lowlight"
 
 
+def need_triton_server() -> None:
+    """Skip unless the serving stack is installed: tritonclient, aiohttp (the launcher's front end) and the Triton
+    server binary of nvidia-pytriton."""
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
+    pytest.importorskip("aiohttp", reason="aiohttp not installed (the [serve] extra): the front end needs it")
+    from runtime.serve import ServeError, find_server
+
+    try:
+        find_server()
+    except ServeError as e:
+        pytest.skip(f"no Triton server: {e}")
+
+
 def need(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (set CODEENHANCE_SHARED to the folder holding golden/ and data/)")

@@ -28,6 +28,7 @@ import pytest
 
 from export.triton import PYTHON_MODEL, Serving, write_repository
 from runtime.serve_bounds import BoundsError, check_request, model_bounds
+from tests.conftest import need_triton_server
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_HW, MAX_BATCH = (160, 192), 4
@@ -98,15 +99,6 @@ def test_binary_sizes_must_match_the_shapes_and_the_body():
 
 # --- a stub killed with -9: the launcher ----------------------------------------------------------------------------
 
-def need_server():
-    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
-    pytest.importorskip("aiohttp", reason="aiohttp not installed (the [serve] extra): the front end needs it")
-    from runtime.serve import ServeError, find_server
-
-    try:
-        find_server()
-    except ServeError as e:
-        pytest.skip(f"no Triton server: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +119,7 @@ def status(url: str) -> int:
 
 
 def test_a_dead_stub_turns_readiness_off_and_the_launcher_exits_1(repo):
-    need_server()
+    need_triton_server()
     from runtime import serve_guard as guard
     from runtime.serve import free_port
     from runtime.serve_watch import stub_processes
@@ -181,7 +173,7 @@ def _is_child_server(pid: int, parent: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    need_server()
+    need_triton_server()
     from runtime.serve import TritonServer
 
     server = TritonServer(repo, http_port=0, log=None, ready_timeout=START_TIMEOUT)

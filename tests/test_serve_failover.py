@@ -23,6 +23,7 @@ from contract.errors import InputError
 from export.triton import PYTHON_MODEL, Serving, write_repository
 from runtime.backend import BackendError
 from runtime.triton_backend import parse_endpoints
+from tests.conftest import need_triton_server
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 240
@@ -73,19 +74,14 @@ class Launcher:
 
 
 def test_a_replica_killed_mid_run_loses_no_request(tiny_onnx, tmp_path):
-    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
-    pytest.importorskip("aiohttp", reason="aiohttp not installed (the [serve] extra): the front end needs it")
+    need_triton_server()
     from benchmarks.serving_bounds import cpu_seconds
     from benchmarks.triton_load import make_images
     from runtime import Enhancer, serve_guard as guard
-    from runtime.serve import ServeError, find_server, free_port
+    from runtime.serve import free_port
     from runtime.serve_watch import stub_processes
     from runtime.triton_backend import TritonBackend
 
-    try:
-        find_server()
-    except ServeError as e:
-        pytest.skip(f"no Triton server: {e}")
     repo = tmp_path / "repo"
     write_repository(tiny_onnx, repo, serving=Serving(max_batch=2, max_hw=(128, 128), delay_us=1000), threads=1)
     images = make_images(REQUESTS, 96, 128)  # long enough a batch to kill the server in the middle of one

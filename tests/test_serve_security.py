@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from export.triton import PYTHON_MODEL, Serving, write_repository
+from tests.conftest import need_triton_server
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_HW = (160, 192)
@@ -34,14 +35,6 @@ SERVER_PATHS = re.compile(r"Traceback|\.py\b|/tmp/|/root/|/work/|/home/|site-pac
 START_TIMEOUT = 240
 
 
-def need_server():
-    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
-    from runtime.serve import ServeError, find_server
-
-    try:
-        find_server()
-    except ServeError as e:
-        pytest.skip(f"no Triton server: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +57,7 @@ def key(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo, key):
     """Ports 0: the launcher picks free ones (it used to poll port 0 until --ready-timeout)."""
-    need_server()
+    need_triton_server()
     from runtime.serve import TritonServer
 
     server = TritonServer(repo, http_port=0, grpc_port=0, log=None, ready_timeout=START_TIMEOUT, admin_key=key)
@@ -155,7 +148,7 @@ def test_bad_launcher_flags_are_one_line_errors(args, message, repo, tmp_path):
 
 
 def test_a_missing_or_broken_repository_is_a_one_line_error(repo, tmp_path):
-    need_server()
+    need_triton_server()
     (tmp_path / "empty").mkdir()
     broken = tmp_path / "broken"
     write_repository(repo / PYTHON_MODEL / "1" / "model.onnx", broken, serving=Serving(max_hw=MAX_HW))
@@ -252,7 +245,7 @@ class Launcher:
 
 
 def test_kill_9_of_the_launcher_leaves_no_process_region_or_workspace(repo):
-    need_server()
+    need_triton_server()
     launcher = Launcher(repo)
     try:
         assert len(launcher.group) >= 2, "expected tritonserver and a Python stub in the server's process group"
@@ -274,7 +267,7 @@ def test_kill_9_of_the_launcher_leaves_no_process_region_or_workspace(repo):
 
 
 def test_sigterm_stops_the_server_cleanly_and_leaves_nothing(repo):
-    need_server()
+    need_triton_server()
     launcher = Launcher(repo)
     launcher.proc.send_signal(signal.SIGTERM)
     assert launcher.proc.wait(60) == 0, "\n".join(launcher.lines[-20:])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from export.triton import ONNX_MODEL, PYTHON_MODEL, TRT_MODEL, RepositoryError, Serving, write_repository
+from tests.conftest import need_triton_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,13 +103,9 @@ def test_repository_refuses_bad_inputs(tiny_onnx, tmp_path):
 # --- a real server -------------------------------------------------------------------------------------------
 
 def start_server(repo: Path, **kwargs):
-    pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed (the [serve] extra)")
-    from runtime.serve import ServeError, TritonServer, find_server, free_port
+    need_triton_server()
+    from runtime.serve import TritonServer, free_port
 
-    try:
-        find_server()
-    except ServeError as e:
-        pytest.skip(f"no Triton server: {e}")
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), log=None, ready_timeout=240, **kwargs)
     return server.start()
 

@@ -169,15 +169,19 @@ class TritonBackend(BackendBase):
                                                 network_timeout=self.timeout)
 
     def _not_ready(self, client, at: str) -> str:
+        if self.version:  # the model's metadata (an open API) lists the versions it serves
+            try:
+                versions = [str(v) for v in client.get_model_metadata(self.model).get("versions", [])]
+            except Exception:  # noqa: BLE001 - no such model: said below
+                versions = []
+            if versions:
+                return (f"triton: version {self.version} of model {self.model!r} is not served on {at} (ready "
+                        f"versions: {', '.join(versions)}); drop the version from the URL or name one of those")
         try:
             index = client.get_model_repository_index()
         except Exception:  # noqa: BLE001 - the repository API is restricted (runtime.serve): no list to show
             return f"triton: model {self.model!r} is not ready on {at}"
         ready = sorted({m.get("name") for m in index if m.get("state") == "READY"})
-        versions = sorted(m.get("version", "") for m in index if m.get("name") == self.model and m.get("state") == "READY")
-        if self.version and versions:
-            return (f"triton: version {self.version} of model {self.model!r} is not served on {at} (ready versions: "
-                    f"{', '.join(versions)}); drop the version from the URL or name one of those")
         return f"triton: model {self.model!r} is not ready on {at} (ready: {', '.join(ready) or 'none'})"
 
     def _infer(self, images: np.ndarray, w_texture: np.ndarray, w_style: np.ndarray) -> InferResult:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.backend import BackendError
+
 from export.triton import ONNX_MODEL, PYTHON_MODEL, TRT_MODEL, RepositoryError, Serving, write_repository
 from tests.conftest import need_triton_server
 
@@ -169,6 +171,15 @@ def raw_infer(server, image, w_texture, w_style, dtype="FP32"):
         return str(e)
     finally:
         client.close()
+
+
+def test_a_url_naming_a_version_not_served_says_which_are(server):
+    from runtime.triton_backend import TritonBackend
+
+    with pytest.raises(BackendError, match=rf"version 7 of model '{PYTHON_MODEL}' is not served .*ready versions: 1"):
+        TritonBackend(f"triton://{server.url}/{PYTHON_MODEL}/7", connect_timeout=20).load()
+    with TritonBackend(f"triton://{server.url}/{PYTHON_MODEL}/1", connect_timeout=20) as versioned:
+        assert versioned.describe().max_batch == 4
 
 
 def test_bad_requests_get_errors_and_the_server_keeps_serving(server):

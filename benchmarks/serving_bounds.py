@@ -156,19 +156,26 @@ def peak_rise(before: dict[int, int]) -> dict[int, float]:
     return rise
 
 
+def infer_inputs(image: np.ndarray) -> list:
+    """tritonclient inputs for a batch of images with default weights ([N,1], as the repository declares them)."""
+    import tritonclient.http as http
+
+    inputs = []
+    for name, value in ((INPUT_IMAGE, image), (INPUT_W_TEXTURE, np.ones((len(image), 1), np.float32)),
+                        (INPUT_W_STYLE, np.ones((len(image), 1), np.float32))):
+        tensor = http.InferInput(name, list(value.shape), "FP32")
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
 def good_inference(url: str, image=IMAGE, timeout: float = 120.0):
     """The enhanced image, or the error text."""
     import tritonclient.http as http
 
     client = http.InferenceServerClient(url, network_timeout=timeout, connection_timeout=10)
     try:
-        inputs = []
-        for name, value in ((INPUT_IMAGE, image), (INPUT_W_TEXTURE, np.ones((len(image), 1), np.float32)),
-                            (INPUT_W_STYLE, np.ones((len(image), 1), np.float32))):
-            tensor = http.InferInput(name, list(value.shape), "FP32")
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        return client.infer(PYTHON_MODEL, inputs).as_numpy(OUTPUT_ENHANCED)
+        return client.infer(PYTHON_MODEL, infer_inputs(image)).as_numpy(OUTPUT_ENHANCED)
     except Exception as e:  # noqa: BLE001 - reported
         return f"{type(e).__name__}: {e}"
     finally:
@@ -184,12 +191,7 @@ def p50_latency(url: str, clients: int, requests: int) -> tuple[float, int]:
 
     def client():
         conn = http.InferenceServerClient(url, network_timeout=120)
-        inputs = []
-        for name, value in ((INPUT_IMAGE, IMAGE), (INPUT_W_TEXTURE, np.ones((1, 1), np.float32)),
-                            (INPUT_W_STYLE, np.ones((1, 1), np.float32))):
-            tensor = http.InferInput(name, list(value.shape), "FP32")
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+        inputs = infer_inputs(IMAGE)
         try:
             while True:
                 with lock:

@@ -92,8 +92,6 @@ class ManagedFolder:
             listed = json.loads((self.path / self.MANIFEST).read_text()).get("files")
         except (OSError, ValueError, AttributeError):
             return None
-        if isinstance(listed, list):  # a manifest of names only
-            return {name: "" for name in listed}
         return {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else None
 
     def written(self) -> set[str] | None:
@@ -114,7 +112,7 @@ class ManagedFolder:
             path = self.path / name
             if not path.is_file():
                 problems.append(f"{name} is missing")
-            elif sha and file_sha256(path) != sha:
+            elif file_sha256(path) != sha:
                 problems.append(f"{name} changed since it was written")
         return problems
 

@@ -10,11 +10,13 @@ One rule, one error, per carrier of the hash:
   written with this field still holding ``PLACEHOLDER``. ``PLACEHOLDER`` is set before saving and the real value
   written into the .xml afterwards (``seal_ir``); ``check_ir`` puts the placeholder back to recompute it.
 - Zip packages (AOTInductor ``.pt2``): the zip's own CRC-32 of every member, plus ``<prefix>extra/PAYLOAD_NAME``
-  holding the sha256 over every other member's name and bytes, appended after the package is written
-  (``seal_zip`` / ``check_zip``).
-- TensorRT engines and anything with a JSON sidecar: the sidecar records the file's sha256 (``file_sha256``).
+  holding the sha256 over the name and bytes of every member but itself and the readable facts file (checked on
+  their own: ``contract.aoti_package``), appended after the package is written (``seal_zip`` / ``check_zip``).
+- TensorRT engines: the sidecar records the engine's sha256 (``contract.engine_sidecar.check_engine_bytes``).
 - Caches the toolkit keeps for a backend (OpenVINO compiled blobs): a manifest of file hashes; a file that does
   not match is deleted and rebuilt (``CacheManifest``).
+- Folder artifacts (a Triton repository): ``contract.files.ManagedFolder``'s manifest of the files written and
+  their sha256 (``changed()``).
 
 Artifacts without a recorded hash (made by another tool, or by an older toolkit) are not refused for that: the
 check is what we can prove, and the loaders say "unverified" where they report.
@@ -176,14 +178,6 @@ def check_zip(path: Path, facts: str, fix: str) -> bool:
             return check_recorded(value, _zip_payload_sha256(archive, facts), path, fix)
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise corrupt(path, f"it is not a readable zip package ({e})", fix) from None
-
-
-# ------------------------------------------------------------------------------------------- sidecar files
-
-
-def check_file(path, recorded: str | None, fix: str) -> bool:
-    """A file against the sha256 a sidecar records for it; False when none is recorded."""
-    return check_recorded(recorded, file_sha256(path), path, fix)
 
 
 # ------------------------------------------------------------------------------------------- caches

@@ -47,17 +47,6 @@ import numpy as np  # noqa: E402 - after extend_path
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
-def parameters(config: dict) -> dict:
-    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-
-
-def parse_hw(text: str):
-    if not text:
-        return None
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 # DLPack's capsule names (the DLPack spec): a live tensor, and one a consumer has taken. Module constants: a capsule
 # keeps the pointer to its name, so the bytes must live as long as the process.
 DLPACK_NAME = ctypes.c_char_p(b"dltensor")
@@ -105,11 +94,11 @@ def internal(message: str):
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = parameters(config)
         try:
             from contract import graph
             from contract.errors import InputError
             from runtime.registry import choose_backend
+            from runtime.triton_backend import configured_max_hw, model_parameters
         except ImportError as e:
             raise pb_utils.TritonModelException(
                 f"codeenhance: cannot import the toolkit ({e}); install codeenhance-deploy and its runtime "
@@ -119,7 +108,11 @@ class TritonPythonModel:
         graph.check_io([i["name"] for i in config.get("input", [])], [o["name"] for o in config.get("output", [])],
                        where=f"{self.name}: its config.pbtxt", error=pb_utils.TritonModelException,
                        fix="write the repository with python -m export.triton")
-        self.max_hw = parse_hw(params.get("max_hw", ""))
+        params = model_parameters(config)
+        self.max_hw = configured_max_hw(config)
+        if params.get("max_hw") and self.max_hw is None:  # a bound that cannot be read is no bound: refuse it
+            raise pb_utils.TritonModelException(f"{self.name}: max_hw {params['max_hw']!r} in its config.pbtxt is "
+                                                "not HxW; write the repository with python -m export.triton")
         self.max_batch = int(config.get("max_batch_size", 0)) or None
         version = os.path.realpath(os.path.join(args["model_repository"], args["model_version"]))
         model_file = os.path.realpath(os.path.join(version, params.get("model_file", "model.onnx")))

@@ -30,7 +30,7 @@ class BackendInfo:
     max_batch: int | None = None
     extra: dict = field(default_factory=dict)  # backend-specific facts (providers, engine sidecar, ...)
     # How to run a size beyond max_hw with this model, for messages (tiling works for every backend).
-    larger: str = "make the model for larger inputs"  # backend-specific facts (providers, engine sidecar, ...)
+    larger: str = "make the model for larger inputs"
 
 
 @dataclass

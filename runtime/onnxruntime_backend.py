@@ -97,7 +97,6 @@ class OnnxRuntimeBackend(BackendBase):
     def __init__(self, model_path: str | os.PathLike, **options):
         super().__init__(**options)
         self.model_path = Path(model_path)
-        self.requested_providers = self.providers
         self.provider_options = {PROVIDER_NAMES.get(k.lower(), k): v for k, v in (self.provider_options or {}).items()}
         self.session = None
 
@@ -108,7 +107,7 @@ class OnnxRuntimeBackend(BackendBase):
             raise BackendError(f"onnxruntime: model not found: {self.model_path}")
         # The graph's recorded payload hash, before ORT runs a byte of it (a flipped weight parses fine).
         self.verified = check_onnx(read_onnx(self.model_path), self.model_path)
-        providers = resolve_providers(self.requested_providers, ort.get_available_providers())
+        providers = resolve_providers(self.providers, ort.get_available_providers())
         try:
             self.session = make_session(self.model_path, threads=self.threads, providers=providers,
                                         provider_options=self.provider_options, inter_op_threads=self.inter_op_threads)

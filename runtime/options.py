@@ -1,7 +1,7 @@
 """Each backend's options as one typed dataclass (vs-mlrt's ``Backend.TRT`` / ``Backend.OV_CPU`` style).
 
 The dataclass is the one declaration of an option: its name (the constructor keyword and ``Enhancer(...)``
-keyword), default, checks (``__post_init__``), and, through ``flag(...)`` metadata, its command-line flag and help.
+keyword), default, checks (``__post_init__``), and, through ``Flag(...)`` metadata, its command-line flag and help.
 ``runtime.registry`` names each backend's dataclass; the CLI builds its flags from them (a flag several backends
 share is declared once, with each backend's help), the Enhancer validates keywords through them, and the benchmark
 harness passes only the fields a backend declares. Adding an option: one field here, read by its backend.
@@ -34,11 +34,9 @@ class Flag:
 
 
 def option(default, flag: Flag | None = None):
-    """A dataclass field: ``default`` and, for options the CLI exposes, its ``Flag``."""
-    metadata = {FLAG: flag} if flag else {}
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    """A dataclass field: ``default`` (immutable: the dataclasses are frozen) and, for options the CLI exposes, its
+    ``Flag``."""
+    return field(default=default, metadata={FLAG: flag} if flag else {})
 
 
 def choose(value, choices, what: str, backend: str):

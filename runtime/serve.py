@@ -111,8 +111,9 @@ class TritonServer:
         # A repository export.triton wrote carries its files' hashes: a changed or missing one is refused before
         # the server loads it (a repository made by hand has no manifest and is served unverified).
         folder = ManagedFolder(self.repository, "python -m export.triton", flag="--repository")
-        if folder.manifest() is not None and folder.changed():
-            raise BadArtifactError(f"--repository {self.repository} is corrupt: {'; '.join(folder.changed()[:5])}; "
+        changed = folder.changed() if folder.manifest() is not None else []
+        if changed:
+            raise BadArtifactError(f"--repository {self.repository} is corrupt: {'; '.join(changed[:5])}; "
                                    "write it again with python -m export.triton")
         if self.requested:
             unknown = [m for m in self.requested if m not in backends]

@@ -13,7 +13,7 @@ each request here first, from the model's own configuration (read from the serve
   ``Inference-Header-Content-Length`` bytes are the JSON header) must add up to Content-Length exactly.
 
 Only the JSON header is parsed, at most ``JSON_HEADER_LIMIT`` bytes: larger images travel as binary tensors
-(tritonclient's default), whose bytes are never parsed here. Standard library only (the launcher imports it).
+(tritonclient's default), whose bytes are never parsed here.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import json
 import math
 import urllib.request
 from dataclasses import dataclass, field
+
+from .triton_backend import configured_max_hw
 
 JSON_HEADER_LIMIT = 1 << 20  # a 64x64 image as JSON numbers is ~120 KB; anything larger should be binary
 ADMIN_BODY_LIMIT = 64 << 10  # the admin APIs' JSON bodies (repository index, logging, trace, shm register)
@@ -54,19 +56,11 @@ class ModelBounds:
         return JSON_HEADER_LIMIT + sum(b.max_bytes for b in self.inputs.values())
 
 
-def parse_hw(text: str) -> tuple[int, int] | None:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except (ValueError, AttributeError):
-        return None
-    return (h, w) if h > 0 and w > 0 else None
-
-
 def model_bounds(config: dict) -> ModelBounds:
     """The bounds of a model from its configuration as Triton reports it (``GET /v2/models/<m>/config``)."""
     name = config.get("name", "?")
     max_batch = int(config.get("max_batch_size", 0) or 0)
-    max_hw = parse_hw(config.get("parameters", {}).get("max_hw", {}).get("string_value", ""))
+    max_hw = configured_max_hw(config)
     inputs = {}
     for spec in config.get("input", []):
         datatype = str(spec.get("data_type", "")).removeprefix("TYPE_")

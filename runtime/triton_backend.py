@@ -57,21 +57,21 @@ def parse_endpoints(url) -> tuple[list[tuple[str, int]], str, str]:
     return endpoints, match["model"], match["version"] or ""
 
 
-def parse_url(url) -> tuple[str, int, str, str]:
-    """(host, port, model, version) of a ``triton://HOST:PORT/MODEL[/VERSION]`` URL (its first endpoint)."""
-    endpoints, model, version = parse_endpoints(url)
-    return *endpoints[0], model, version
-
-
 def comparable(config: dict) -> tuple:
     """What must be equal between replicas: batch, largest image, inputs and outputs."""
-    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     shapes = lambda key: sorted((t.get("name"), tuple(t.get("dims", []))) for t in config.get(key, []))  # noqa: E731
-    return config.get("max_batch_size", 0), params.get("max_hw", ""), shapes("input"), shapes("output")
+    return config.get("max_batch_size", 0), model_parameters(config).get("max_hw", ""), shapes("input"), shapes("output")
 
 
-def configured_size(text: str) -> tuple[int, int] | None:
-    """The model config's ``max_hw`` parameter, or None when it has none (or one that is no size)."""
+def model_parameters(config: dict) -> dict[str, str]:
+    """The string parameters of a model configuration (as Triton reports it, JSON), e.g. ``max_hw``."""
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
+def configured_max_hw(config: dict) -> tuple[int, int] | None:
+    """The largest image a model configuration allows (its ``max_hw`` parameter, written by ``export.triton``), or
+    None when it has none or one that is no size."""
+    text = model_parameters(config).get("max_hw", "")
     try:
         return parse_size(text) if text else None
     except InputError:
@@ -92,7 +92,6 @@ class TritonBackend(BackendBase):
         super().__init__(**options)
         self.url = str(url)
         self.endpoints, self.model, self.version = parse_endpoints(self.url)
-        self.host, self.port = self.endpoints[0]
         self.clients: dict[tuple[str, int], object] = {}  # endpoint -> client, once checked
         self.active = self.endpoints[0]
         self.failovers = 0
@@ -242,13 +241,13 @@ class TritonBackend(BackendBase):
                               "returned for it") from e
 
     def _describe(self) -> BackendInfo:
-        params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
+        params = model_parameters(self.config)
         kind = self.config.get("platform") or self.config.get("backend") or "?"
         return BackendInfo(
             name=self.name,
             device=f"{self.where} ({kind})",
             precision=params.get("precision", "as served"),
-            max_hw=configured_size(params.get("max_hw", "")),
+            max_hw=configured_max_hw(self.config),
             larger="write the repository with a larger --max-size (python -m export.triton) and restart the server",
             max_batch=int(self.config.get("max_batch_size", 0)) or None,
             extra={"url": self.where, "served_by": kind, "dynamic_batching": "dynamic_batching" in self.config,

@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks.harness import machine, specs  # light: no torch, so the worker starts lean
 from contract import cli as common
 from contract.errors import InputError
-from contract.integrity import check_graph_made_from
+from contract.provenance import check_made_from
 from contract.graph import INPUT_W_STYLE, INPUT_W_TEXTURE
 from benchmarks.harness.artifacts import ArtifactError, Artifacts  # imports its tools lazily
 
@@ -98,7 +98,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.ckpt is not None and not args._worker:
         for name in ("onnx", "onnx_fp16"):
             if getattr(args, name) is not None:
-                check_graph_made_from(getattr(args, name), args.ckpt)
+                check_made_from(getattr(args, name), args.ckpt)
     return args
 
 

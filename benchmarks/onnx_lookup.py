@@ -120,6 +120,7 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     import onnx
 
     from contract.files import file_sha256
+    from contract.provenance import onnx_record, stale_reasons
     from export.onnx import export_onnx, exporter_fingerprint
 
     wanted = {"checkpoint_sha256": file_sha256(ckpt), "exporter_fingerprint": exporter_fingerprint()}
@@ -127,8 +128,9 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     for label, lookup in GRAPHS.items():
         path = workdir / f"codeenhance_{lookup}.onnx"
         if path.is_file():
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            if all(props.get(k) == v for k, v in {**wanted, "lookup": lookup}.items()):
+            graph = onnx.load(str(path), load_external_data=False)
+            same_lookup = {p.key: p.value for p in graph.metadata_props}.get("lookup") == lookup
+            if same_lookup and not stale_reasons(onnx_record(graph), wanted):
                 paths[label] = path
                 continue
         print(f"exporting the {label} graph (lookup={lookup}) ...", file=sys.stderr)

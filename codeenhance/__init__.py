@@ -1,4 +1,6 @@
 """CodeEnhance low-light enhancement network: a faithful, export-ready re-implementation."""
+from contract.provenance import TOOLKIT_VERSION
+
 from .checkpoint import CheckpointError, load_model, read_state_dict, save_demo_checkpoint
 from .config import OFFICIAL, TINY, CodeEnhanceConfig
 from .network import CodeEnhance
@@ -6,7 +8,7 @@ from .padding import flip_pad_to_multiple, padded_size
 from .pretrained import load_trained, trained_checkpoint
 from .quantizer import nearest_code
 
-__version__ = "0.1.0"
+__version__ = TOOLKIT_VERSION
 
 __all__ = [
     "CheckpointError",

@@ -7,10 +7,12 @@ links against libtorch's ABI; torch itself records no version and only logs a wa
 facts are written into the package, as ``extra/codeenhance.json`` (the PT2 archive's folder for user files), and a
 runtime checks them before it loads any kernel, the same way ``contract.engine_sidecar`` guards TensorRT engines.
 
-Fields the runtime relies on (keep these names stable): ``kind`` (PACKAGE_KIND), ``schema``, ``torch_version``,
-``device`` ("cpu" or "cuda"), ``cpu_capability`` (CPU packages), ``compute_capability`` (CUDA packages),
-``precision``, ``models`` (name -> {"padded": [Hp, Wp]} for a static bucket, {"padded": null} for the dynamic
-program), ``max_batch``. The rest is documentation (checkpoint sha256, model config, compile times, ...).
+The metadata is the package's provenance record (``contract.provenance``: ``kind`` PACKAGE_KIND, the checkpoint,
+the exporter fingerprint, the model config, ``precision``, and the environment it runs on: ``torch_version``,
+``device`` "cpu" or "cuda", ``cpu_capability`` for CPU packages, ``gpu_name`` and ``compute_capability`` for CUDA
+ones), beside the package's index: ``schema``, ``models`` (name -> {"padded": [Hp, Wp]} for a static bucket,
+{"padded": null} for the dynamic program), ``max_batch``, ``pad_multiple``. The rest is documentation (compile
+times, inductor options, ...).
 
 Static buckets: a bucket is a *padded* size (Hp, Wp), both multiples of ``pad_multiple``. The model always pads an
 H x W image to ``((H // m) + 1) * m`` (1..m rows added), so a bucket runs exactly the images with
@@ -27,8 +29,9 @@ from .errors import BadArtifactError
 from .files import json_object
 from .integrity import check_zip
 from .graph import PAD_MULTIPLE, padded_size
+from .provenance import Expect, Kind, Provenance, check_fresh, runs_on_cpu, same_release
 
-PACKAGE_KIND = "codeenhance-aoti"
+PACKAGE_KIND = Kind.AOTI
 PACKAGE_SCHEMA = 1
 META_NAME = "codeenhance.json"  # written by torch's package_pt2(extra_files=...) under <archive>/extra/
 DYNAMIC_MODEL = "dynamic"
@@ -38,9 +41,6 @@ META_PAD_MULTIPLE = "pad_multiple"  # the model's pad multiple, recorded by expo
 # Measured: 33x150 and 40x64 run, 1x1 does not; both sides >= 32 is the conservative rule.
 DYNAMIC_MIN_SIDE = 32
 REBUILD = "rebuild it with `python -m export.aoti`"
-
-# torch.backends.cpu.get_cpu_capability() values, weakest first: a package built for one runs on the later ones.
-CPU_CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
 
 
 # A package built for another torch, device or checkpoint, or one without our metadata: a bad artifact.
@@ -119,27 +119,17 @@ def check_package(
     if meta.get("kind") != PACKAGE_KIND or meta.get("schema") != PACKAGE_SCHEMA:
         raise StalePackageError(f"{path} is not a CodeEnhance package of schema {PACKAGE_SCHEMA} (kind "
                                 f"{meta.get('kind')!r}, schema {meta.get('schema')!r}); {REBUILD}")
-    problems = []
-    built_torch = str(meta.get("torch_version", "")).split("+")[0]
-    if built_torch != torch_version.split("+")[0]:
-        problems.append(f"it was compiled with torch {meta.get('torch_version')!r} but this is torch {torch_version!r} "
-                        "(compiled packages are tied to the torch release)")
-    if meta.get("device") != device:
-        problems.append(f"it was compiled for {meta.get('device')!r} but is loaded on {device!r}")
-    elif device == "cpu" and cpu_capability is not None:
-        built = str(meta.get("cpu_capability", ""))
-        if built in CPU_CAPABILITY_ORDER and cpu_capability in CPU_CAPABILITY_ORDER:
-            if CPU_CAPABILITY_ORDER.index(built) > CPU_CAPABILITY_ORDER.index(cpu_capability):
-                problems.append(f"its kernels use {built} but this CPU supports only {cpu_capability}")
-        elif built != cpu_capability:
-            problems.append(f"its kernels were built for CPU capability {built!r}, this CPU has {cpu_capability!r}")
-    elif device == "cuda" and compute_capability is not None and meta.get("compute_capability") != compute_capability:
-        problems.append(f"its kernels were built for compute capability {meta.get('compute_capability')} "
-                        f"({meta.get('gpu_name')}) but this GPU is {compute_capability}")
-    if checkpoint_sha256 is not None and meta.get("checkpoint_sha256") != checkpoint_sha256:
-        problems.append("it was compiled from a different checkpoint (sha256 differs)")
     if not meta.get("models"):
-        problems.append("it lists no compiled models")
-    if problems:
-        raise StalePackageError(f"stale package {path}: " + "; ".join(problems) + f". {REBUILD[0].upper()}{REBUILD[1:]}.")
+        raise StalePackageError(f"{path} lists no compiled models; {REBUILD}")
+    record = Provenance.from_json(meta)
+    same_device = record.get("device") == device
+    check_fresh(record, path, REBUILD, {
+        "torch_version": Expect(torch_version, same_release, "compiled packages are tied to the torch release"),
+        "device": device,
+        "cpu_capability": cpu_capability and device == "cpu" and same_device
+        and Expect(cpu_capability, runs_on_cpu, "its kernels use instructions this CPU may lack"),
+        "compute_capability": compute_capability and device == "cuda" and same_device
+        and Expect(compute_capability, why=f"its kernels were built for {record.get('gpu_name')}"),
+        "checkpoint_sha256": checkpoint_sha256,
+    }, what="package")
     return {**meta, "integrity": "payload hash verified" if verified else "zip CRCs verified (no payload hash recorded)"}

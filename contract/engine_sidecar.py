@@ -5,11 +5,12 @@ encodes the ONNX graph and shape profile it came from. The sidecar ``<engine>.js
 ``model.plan.json``) keeps those facts in readable form so that a runtime can refuse a stale engine
 with a clear message instead of failing inside ``deserialize_cuda_engine``.
 
-Fields the runtime relies on (keep these names stable): ``tensorrt_version`` (``tensorrt.__version__``
-of the builder), ``gpu_name`` and ``compute_capability`` (``"8.9"``). The rest is documentation:
-``key``, ``precision`` (``"fp32"`` or ``"fp16-mixed"``, read from the graph), ``profile``, ``io``,
-``onnx``, ``build``, ``created``, ``toolkit_version``. ``engine_sha256`` (ENGINE_SHA256) is the integrity record:
-the engine's bytes must match it before they are deserialized.
+The sidecar carries the engine's provenance record (``contract.provenance``: its fields at the top level): the
+environment it runs on (``tensorrt_version`` of the builder, ``gpu_name``, ``compute_capability`` such as
+``"8.9"``), the graph it was built from (``source_sha256``) and that graph's checkpoint, ``precision`` (read from
+the graph), ``shapes`` (the optimization profile) and ``payload_sha256``, the engine file's sha256, written after
+the build: the engine's bytes must match it before they are deserialized. Beside the record, for people:
+``key``, ``io``, ``onnx`` (path, opset), ``build``, ``created``.
 
 Nothing here imports TensorRT; GPU facts come from cuda-python or, failing that, torch.
 """
@@ -26,9 +27,10 @@ from .errors import BadArtifactError
 from .files import json_object, write_bytes_atomically
 from .integrity import check_recorded
 from .optional import MissingDependency, import_cudart
+from .provenance import Expect, Kind, Provenance, check_fresh
 
-SIDECAR_SCHEMA = 1
-ENGINE_SHA256 = "engine_sha256"  # the sidecar field with the engine file's sha256 (written after the build)
+SIDECAR_SCHEMA = 2  # 2: the provenance record's field names (payload_sha256, source_sha256, shapes)
+REBUILD = "rebuild it with `python -m export.tensorrt`"
 
 
 # An engine built for another TensorRT version, GPU or ONNX file (or with no sidecar to tell): a bad artifact.
@@ -92,32 +94,20 @@ def check_sidecar(
         if require:
             raise StaleEngineError(
                 f"{engine_path} has no sidecar {sidecar_path(engine_path).name}, so the TensorRT version and GPU "
-                "it was built for are unknown; rebuild it with `python -m export.tensorrt`"
+                f"it was built for are unknown; {REBUILD}"
             )
         return None
-    expected = {"tensorrt_version": trt_version, "gpu_name": gpu_name}
-    if compute_capability is not None:
-        expected["compute_capability"] = compute_capability
-    problems = [
-        f"{field} is {content.get(field)!r} in the sidecar but {want!r} here"
-        for field, want in expected.items()
-        if str(content.get(field, "")).strip() != str(want).strip()
-    ]
-    if onnx_sha256 is not None and content.get("onnx", {}).get("sha256") != onnx_sha256:
-        problems.append("it was built from a different ONNX file (sha256 differs)")
-    if problems:
-        raise StaleEngineError(
-            f"stale TensorRT engine {engine_path}: " + "; ".join(problems) + ". Rebuild it with `python -m export.tensorrt`."
-        )
+    expected = {"tensorrt_version": trt_version, "gpu_name": gpu_name, "compute_capability": compute_capability,
+                "source_sha256": onnx_sha256 and Expect(onnx_sha256, label="ONNX file")}
+    check_fresh(Provenance.from_json(content, Kind.ENGINE), engine_path, REBUILD, expected, what="TensorRT engine")
     return content
 
 
 def check_engine_bytes(engine_path: str | os.PathLike, data: bytes) -> bool:
-    """The engine's bytes against the ``engine_sha256`` its sidecar records (contract.integrity), checked before
+    """The engine's bytes against the ``payload_sha256`` its sidecar records (contract.integrity), checked before
     TensorRT deserializes them, whatever else is checked; False when no hash is recorded (no sidecar, trtexec)."""
-    content = read_sidecar(engine_path) or {}
-    return check_recorded(content.get(ENGINE_SHA256), hashlib.sha256(data).hexdigest(), engine_path,
-                          "rebuild it with `python -m export.tensorrt`")
+    record = Provenance.from_json(read_sidecar(engine_path) or {}, Kind.ENGINE)
+    return check_recorded(record.payload_sha256, hashlib.sha256(data).hexdigest(), engine_path, REBUILD)
 
 
 def detect_gpu(device: int = 0) -> GpuInfo | None:

@@ -53,10 +53,6 @@ INPUT_RANKS = {t.name: t.rank for t in INPUTS}
 INPUT_DTYPES = {t.name: t.dtype for t in INPUTS}
 MIN_SIDE = 1  # the smallest H and W the model takes (the flip padding continues its reflection below 16)
 
-# Metadata keys written into every artifact (ONNX metadata_props, engine sidecars) and read by the backends.
-META_PRECISION = "precision"
-META_CHECKPOINT_SHA256 = "checkpoint_sha256"
-
 # The precision vocabulary. What may be requested: fp32, or fp16 / bf16, which always keep the FP32 islands below
 # (a precision without them is not offered: it flips codes). What artifacts and backends report: fp32, or the
 # reduced type with "-mixed" (fp16-mixed, bf16-mixed). FP16 alone names the plain, island-free FP16 graph that

@@ -21,14 +21,12 @@ One rule, one error, per carrier of the hash:
 Artifacts without a recorded hash (made by another tool, or by an older toolkit) are not refused for that: the
 check is what we can prove, and the loaders say "unverified" where they report.
 
-The other check: an artifact made from a source (a graph from a checkpoint) can be compared with the source the
-user names beside it (``check_made_from``): a different sha256 is exit 2 naming both files.
+Whether an artifact is the right one (made from this checkpoint, for this machine) is ``contract.provenance``'s.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -209,33 +207,3 @@ class CacheManifest:
     def record(self) -> None:
         hashes = {p.name: file_sha256(p) for p in sorted(self.folder.glob(self.pattern))}
         write_bytes_atomically(self.path, json.dumps(hashes, indent=1).encode())
-
-
-# ------------------------------------------------------------------------------------------- sources
-
-
-def check_graph_made_from(graph: str | os.PathLike, checkpoint: str | os.PathLike) -> bool:
-    """An ONNX graph against the checkpoint named beside it (its metadata records the checkpoint's sha256)."""
-    import onnx
-
-    from .graph import META_CHECKPOINT_SHA256
-
-    try:
-        props = {p.key: p.value for p in onnx.load(str(graph), load_external_data=False).metadata_props}
-    except Exception as e:  # protobuf raises unrelated types on a corrupt file
-        raise corrupt(graph, f"onnx cannot parse it ({type(e).__name__})", "export it again") from None
-    return check_made_from(props.get(META_CHECKPOINT_SHA256), checkpoint, graph)
-
-
-def check_made_from(recorded_sha256: str | None, source: str | os.PathLike, artifact: str | os.PathLike,
-                    source_kind: str = "checkpoint") -> bool:
-    """An artifact that records the sha256 of the file it was made from, against the file the user named beside
-    it. BadArtifactError naming both files when they differ; False when the artifact records none."""
-    if not recorded_sha256 or len(recorded_sha256) != 64:
-        return False
-    actual = file_sha256(source)
-    if actual != recorded_sha256:
-        raise BadArtifactError(
-            f"{artifact} was not made from {source}: it records {source_kind} sha256 {recorded_sha256[:12]}..., "
-            f"{source} has {actual[:12]}...; pass the {source_kind} it was made from, or make it again from this one")
-    return True

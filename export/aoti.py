@@ -42,6 +42,7 @@ from codeenhance.padding import padded_size, symmetric_indices
 from contract.aoti_package import DYNAMIC_MODEL, META_NAME, META_PAD_MULTIPLE, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
 from contract.integrity import seal_zip
+from contract.provenance import ENVIRONMENT, Provenance
 from contract import sizes as contract_sizes
 from contract import cli as common
 from contract.errors import InputError, MissingDependency
@@ -268,14 +269,15 @@ def export_aoti(
             models[name] = {"padded": list(padded) if padded else None}
             what = f"padded {padded[0]}x{padded[1]}" if padded else "dynamic N, H, W"
             log(f"{name}: {what}: export {exported - start:.1f} s, compile {done - exported:.1f} s")
+        facts = device_facts(device)
+        environment = {k: v for k, v in facts.items() if k in ENVIRONMENT}
+        record = Provenance(kind=PACKAGE_KIND, checkpoint_sha256=sha, source_sha256=sha,
+                            exporter_fingerprint=exporter_fingerprint(), model_config=model.config.to_dict(),
+                            precision=PRECISIONS[precision],
+                            built_for={"torch_version": torch.__version__, "device": device, **environment})
         meta = {
-            "kind": PACKAGE_KIND, "schema": PACKAGE_SCHEMA,
-            "toolkit_version": codeenhance.__version__,
-            "checkpoint_sha256": sha,
-            "model_config": model.config.to_dict(),
-            "precision": PRECISIONS[precision],
-            "device": device, **device_facts(device),
-            "torch_version": torch.__version__,
+            "schema": PACKAGE_SCHEMA, **record.to_json(),
+            **{k: v for k, v in facts.items() if k not in ENVIRONMENT},
             "models": models, "max_batch": max_batch, META_PAD_MULTIPLE: multiple,
             "inputs": {"static": "image float32 [N,3,Hp,Wp], w_texture float32 [N], w_style float32 [N], size int64 [2]",
                        "dynamic": "image float32 [N,3,H,W], w_texture float32 [N], w_style float32 [N]"},
@@ -283,7 +285,6 @@ def export_aoti(
             "padding": PADDING_RULE,
             "inductor_configs": inductor_configs(device),
             "compile_seconds": timings,
-            "exporter_fingerprint": exporter_fingerprint(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         # package_pt2 wants a name ending in .pt2: write beside the reserved temp file, then move it over.

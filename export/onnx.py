@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -28,7 +26,8 @@ from contract import cli as common
 from contract.errors import EXIT_OK, InputError, NotFaithfulError
 from contract.files import AtomicOutput, file_sha256
 from contract.integrity import seal_onnx
-from contract.graph import INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, META_CHECKPOINT_SHA256, OUTPUT_CODES, PAD_MULTIPLE
+from contract.graph import FP32, INPUT_IMAGE, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_CODES, PAD_MULTIPLE
+from contract.provenance import Kind, Provenance, code_fingerprint
 
 from . import check as trt_check
 from .graph import DEFAULT_OPSET, LOOKUPS, MAX_OPSET, MIN_OPSET, slim, trace
@@ -106,29 +105,24 @@ def exporter_fingerprint() -> str:
     import onnxscript
     import onnxslim
 
-    digest = hashlib.sha256()
-    for root in (Path(codeenhance.__file__).parent, Path(__file__).parent):
-        for path in sorted(root.glob("*.py")):
-            digest.update(f"{root.name}/{path.name}\0".encode() + path.read_bytes())
-    for module in (torch, onnxscript, onnx_ir, onnxslim, onnx):
-        digest.update(f"{module.__name__} {module.__version__}\0".encode())
-    return digest.hexdigest()[:12]
+    sources = [path for root in (Path(codeenhance.__file__).parent, Path(__file__).parent) for path in sorted(root.glob("*.py"))]
+    return code_fingerprint(sources, *(f"{m.__name__} {m.__version__}" for m in (torch, onnxscript, onnx_ir, onnxslim, onnx)))
 
 
 def metadata(model: CodeEnhance, *, checkpoint_sha256: str, opset: int, lookup: str, with_codes: bool) -> dict[str, str]:
+    """The graph's provenance record (contract.provenance) and, beside it, what a person reading the file needs."""
     import onnxslim
 
+    record = Provenance(kind=Kind.ONNX, checkpoint_sha256=checkpoint_sha256, source_sha256=checkpoint_sha256,
+                        exporter_fingerprint=exporter_fingerprint(), model_config=model.config.to_dict(), precision=FP32)
     return {
-        "toolkit_version": codeenhance.__version__,
-        META_CHECKPOINT_SHA256: checkpoint_sha256,
-        "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        **record.to_strings(),
         "padding": PADDING_RULE,
         "input_range": INPUT_RANGE,
         "output": "enhanced: float32 [N,3,H,W] clamped to [0,1]" + ("; codes: int32 [N,1,Hp/4,Wp/4]" if with_codes else ""),
         "opset": str(opset),
         "lookup": lookup,
         "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True); onnxslim {onnxslim.__version__}",
-        "exporter_fingerprint": exporter_fingerprint(),
     }
 
 

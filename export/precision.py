@@ -29,9 +29,10 @@ from onnx import TensorProto
 
 from contract import cli as common
 from contract.errors import EXIT_OK, InputError
-from contract.files import AtomicOutput
+from contract.files import AtomicOutput, file_sha256
 from contract.integrity import seal_onnx
-from contract.graph import FP16, FP32, META_PRECISION, check_io, reported_precision
+from contract.graph import FP16, FP32, check_io, reported_precision
+from contract.provenance import onnx_record
 
 from .check import load_onnx_file
 
@@ -222,8 +223,8 @@ def convert_file(src, out, *, calib=None, keep_fp32=(), data_max=DEFAULT_DATA_MA
     converted = convert(src, model, set(reasons), backend, plain)
     if io_signature(converted) != io_signature(model):
         raise PrecisionError(f"the converter changed the graph I/O: {io_signature(converted)} vs {io_signature(model)}")
-    onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props},
-                                            META_PRECISION: FP16 if plain else reported_precision(FP16)})
+    record = onnx_record(model).with_(source_sha256=file_sha256(src), precision=FP16 if plain else reported_precision(FP16))
+    onnx.helper.set_model_props(converted, {**{p.key: p.value for p in model.metadata_props}, **record.to_strings()})
     with AtomicOutput(out) as tmp:  # renamed over ``out`` only when the converted graph passes the check
         seal_onnx(converted)
         onnx.save(converted, str(tmp))
@@ -256,7 +257,7 @@ def load_codeenhance_graph(src: Path) -> onnx.ModelProto:
         raise PrecisionError(str(e)) from e
     check_io([i.name for i in model.graph.input], [o.name for o in model.graph.output], where=str(src),
              verdict="is not a CodeEnhance graph", error=PrecisionError, fix="export one with python -m export.onnx")
-    precision = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION, FP32)
+    precision = onnx_record(model).precision or FP32
     if precision != FP32:
         raise PrecisionError(f"{src} is already {precision}; convert the FP32 graph from python -m export.onnx")
     return model

@@ -33,7 +33,6 @@ from contract.errors import (EXIT_FAILED, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE,
                              ToolkitError)
 from contract.engine_sidecar import (
     GpuInfo,
-    ENGINE_SHA256,
     StaleEngineError,
     check_sidecar,
     detect_gpu,
@@ -43,6 +42,7 @@ from contract.engine_sidecar import (
     write_sidecar,
 )
 from contract.files import file_sha256, write_bytes_atomically
+from contract.integrity import PAYLOAD_KEY
 from contract.graph import check_io
 
 if TYPE_CHECKING:  # annotations only (also what tests/trt_api.py reads to check these calls)
@@ -218,7 +218,7 @@ class EngineBuilder:
         sidecar_path(engine).unlink(missing_ok=True)  # an old sidecar must never describe the new engine
         write_bytes_atomically(engine, serialized)
         self._save_timing_cache()
-        sidecar = write_sidecar(engine, {**self.plan.sidecar(), ENGINE_SHA256: file_sha256(engine)})
+        sidecar = write_sidecar(engine, {**self.plan.sidecar(), PAYLOAD_KEY: file_sha256(engine)})
         return BuildResult(engine, sidecar, engine.stat().st_size, time.perf_counter() - start)
 
     def _failure(self, exc: Exception, errors: list[str]) -> str:

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import cli as common
-from contract.files import ManagedFolder
+from contract.files import ManagedFolder, file_sha256
 from contract.errors import EXIT_OK, InputError
 from contract.graph import (INPUT_IMAGE, INPUT_NAMES, INPUT_W_STYLE, INPUT_W_TEXTURE, OUTPUT_ENHANCED, PAD_MULTIPLE,
                             WEIGHT_RANGE, check_io)
+from contract.provenance import Kind, Provenance, read_provenance
 from runtime.registry import BACKENDS, choose_backend, is_url
 
 PYTHON_MODEL, ONNX_MODEL, TRT_MODEL = "codeenhance", "codeenhance_onnx", "codeenhance_trt"
@@ -212,7 +213,7 @@ def check_engine(engine: Path, serving: Serving) -> tuple[dict, Serving]:
         raise RepositoryError(f"engine sidecar {sidecar_path(engine)} lacks {', '.join(missing)}; rebuild the engine")
     check_io(io.get("inputs", []), io.get("outputs", []), where=f"engine {engine} (its sidecar's io)",
              error=RepositoryError, fix="rebuild it with python -m export.tensorrt")
-    image_max = sidecar.get("profile", {}).get(INPUT_IMAGE, {}).get("max")
+    image_max = (Provenance.from_json(sidecar).shapes or {}).get(INPUT_IMAGE, {}).get("max")
     if not image_max or len(image_max) != 4:
         raise RepositoryError(f"engine sidecar {sidecar_path(engine)} has no image profile; rebuild the engine")
     narrowed = Serving(max_batch=min(serving.max_batch, int(image_max[0])), instances=serving.instances,
@@ -221,11 +222,21 @@ def check_engine(engine: Path, serving: Serving) -> tuple[dict, Serving]:
     return sidecar, narrowed
 
 
-def write_model(repo: Path, name: str, config: str, files: dict[str, Path | str]) -> Path:
-    """``repo/name/config.pbtxt`` and ``repo/name/1/<file>`` for each file (a path to copy, or text)."""
+def provenance_parameters(served: Path) -> str:
+    """The served file's provenance record (contract.provenance) as config parameters, its own sha256 as the
+    source: the Python model checks it at load, and an operator reads where the model comes from."""
+    if not served.is_file():  # a folder (an IR copied whole): its files carry their own records
+        return ""
+    record = read_provenance(served).with_(kind=Kind.TRITON, source_sha256=file_sha256(served), payload_sha256=None)
+    return "\n".join(parameter(key, value) for key, value in record.to_strings().items()) + "\n"
+
+
+def write_model(repo: Path, name: str, config: str, files: dict[str, Path | str], served: Path | None = None) -> Path:
+    """``repo/name/config.pbtxt`` and ``repo/name/1/<file>`` for each file (a path to copy, or text); ``served``:
+    the model file whose provenance record the config carries."""
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (repo / name / "config.pbtxt").write_text(config)
+    (repo / name / "config.pbtxt").write_text(config + (provenance_parameters(served) if served else ""))
     for target, source in files.items():
         if isinstance(source, Path):
             shutil.copyfile(source, version / target)
@@ -262,7 +273,7 @@ def write_python_model(repo: Path, model: Path, serving: Serving, *, name: str =
         files[target] = model
         if model.suffix.lower() == ".xml":  # an OpenVINO IR: its weights travel with it
             files["model.bin"] = model.with_suffix(".bin")
-    return write_model(repo, name, config, files)
+    return write_model(repo, name, config, files, served=model)
 
 
 def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), engine: Path | None = None,
@@ -285,11 +296,12 @@ def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), en
         write_python_model(out, Path(python_model or model), serving, runtime_backend=python_backend or "",
                            backend_options=options)
         names = [PYTHON_MODEL]
-        write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model})
+        write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model}, served=model)
         names.append(ONNX_MODEL)
         if engine:
             write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving, sidecar.get("compute_capability")),
-                        {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"})
+                        {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"},
+                        served=Path(engine))
             names.append(TRT_MODEL)
         (out / "README.md").write_text(operator_readme(names, serving, trt_serving, sidecar, precision, trt_ep_precision,
                                                        Path(python_model or model).name, python_backend))

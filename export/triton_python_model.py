@@ -96,7 +96,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         try:
             from contract import graph
-            from contract.errors import InputError
+            from contract.errors import InputError, ToolkitError
+            from contract.files import file_sha256
+            from contract.provenance import Expect, Provenance, check_fresh
             from runtime.registry import choose_backend
             from runtime.triton_backend import configured_max_hw, model_parameters
         except ImportError as e:
@@ -119,6 +121,14 @@ class TritonPythonModel:
         if os.path.commonpath([version, model_file]) != version:  # an absolute path, "..", or a link out
             raise pb_utils.TritonModelException(f"{self.name}: the model_file parameter must name a file in the "
                                                 "model's version folder")
+        record = Provenance.from_strings(params)
+        if record.source_sha256 and os.path.isfile(model_file):  # the file this config was written for
+            try:
+                check_fresh(record, model_file, "write the repository again with python -m export.triton",
+                            {"source_sha256": Expect(file_sha256(model_file), label="file than its config records")},
+                            what=f"{self.name}: model file")
+            except ToolkitError as e:
+                raise pb_utils.TritonModelException(str(e)) from None
         options = json.loads(params.get("backend_options", "") or "{}")
         spec = choose_backend(model_file, params.get("runtime_backend") or None)
         self.backend = spec.load_class()(model_file, **options)

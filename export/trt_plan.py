@@ -27,9 +27,10 @@ from contract.files import update_digest
 from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
 from contract.errors import InputError
 from contract.integrity import check_onnx
+from contract.provenance import Kind, Provenance
 from contract.sizes import parse_size
 from contract.graph import (  # noqa: F401  (INPUT_NAMES, OUTPUT_ENHANCED: this module's names for the builder)
-    BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, META_PRECISION, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
+    BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
     mixed_precision,
 )
 
@@ -144,6 +145,7 @@ class OnnxSummary:
     precision: str  # reported vocabulary (contract.graph): fp32, or fp16-mixed when weights or Casts are FP16
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    record: Provenance  # the graph's provenance record (empty for a graph from another tool)
 
 
 def inspect_onnx(path: str | Path) -> OnnxSummary:
@@ -168,13 +170,15 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
         {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
     )
     opset = onnx_opset(model)
+    record = Provenance.from_strings({p.key: p.value for p in model.metadata_props}, Kind.ONNX)
     return OnnxSummary(
         path=path,
         sha256=_fingerprint(path, external),
         opset=opset,
-        precision=_graph_precision(model),
+        precision=record.precision or _graph_precision(model),
         inputs={v.name: _tensor_spec(v) for v in model.graph.input if v.name not in weights},
         outputs={v.name: _tensor_spec(v) for v in model.graph.output},
+        record=record,
     )
 
 
@@ -189,10 +193,7 @@ def _tensor_spec(value_info) -> TensorSpec:
 
 def _graph_precision(model) -> str:
     """A strongly typed engine runs in the graph's own types, so the graph tells the engine's precision: its
-    ``precision`` metadata (export/precision.py writes it), else what its initializers and Casts hold."""
-    recorded = {p.key: p.value for p in model.metadata_props}.get(META_PRECISION)
-    if recorded:
-        return recorded
+    provenance record's (export/precision.py writes it), else, here, what its initializers and Casts hold."""
     reduced = {10: FP16, 16: BF16}  # TensorProto.FLOAT16, BFLOAT16
     found = {reduced[t.data_type] for t in model.graph.initializer if t.data_type in reduced}
     casts = (a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to")
@@ -328,19 +329,19 @@ class BuildPlan:
 
     def sidecar(self, created: datetime | None = None) -> dict:
         """The sidecar JSON for the engine this plan builds (field names: see contract/engine_sidecar.py)."""
-        import codeenhance
-
         created = created or datetime.now(timezone.utc)
+        gpu = {"gpu_name": self.gpu.name, "compute_capability": self.gpu.compute_capability} if self.gpu else {}
+        record = Provenance(
+            kind=Kind.ENGINE, checkpoint_sha256=self.onnx.record.checkpoint_sha256, source_sha256=self.onnx.sha256,
+            exporter_fingerprint=self.onnx.record.exporter_fingerprint, model_config=self.onnx.record.model_config,
+            precision=self.onnx.precision, shapes=self.profile.as_dict(),
+            built_for={"tensorrt_version": self.trt_version, **gpu})
         return {
             "schema": SIDECAR_SCHEMA,
             "key": self.key,
-            "tensorrt_version": self.trt_version,
-            "gpu_name": self.gpu.name if self.gpu else None,
-            "compute_capability": self.gpu.compute_capability if self.gpu else None,
-            "precision": self.onnx.precision,
-            "profile": self.profile.as_dict(),
+            **record.to_json(),
             "io": {"inputs": list(self.onnx.inputs), "outputs": list(self.onnx.outputs)},
-            "onnx": {"path": str(self.onnx.path), "sha256": self.onnx.sha256, "opset": self.onnx.opset},
+            "onnx": {"path": str(self.onnx.path), "opset": self.onnx.opset},
             "build": {
                 "strongly_typed": self.flags.strongly_typed,
                 "workspace_gib": self.flags.workspace_gib,
@@ -348,7 +349,6 @@ class BuildPlan:
                 "timing_cache": str(self.timing_cache) if self.timing_cache else None,
             },
             "created": created.isoformat(timespec="seconds"),
-            "toolkit_version": codeenhance.__version__,
         }
 
     def trtexec_command(self, major: int) -> list[str]:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.graph import (FP16, FP32, INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED,
+from contract.graph import (FP16, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
                             check_io, reported_precision)
 
 from contract.integrity import check_onnx, read_onnx
+from contract.provenance import Provenance
 
 from .options import OnnxRuntimeOptions
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
@@ -133,7 +134,8 @@ class OnnxRuntimeBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=self.session.get_providers()[0],
-            precision=metadata.get(META_PRECISION, reported_precision(FP16 if image_type == "tensor(float16)" else FP32)),
+            precision=(Provenance.from_strings(metadata).precision
+                       or reported_precision(FP16 if image_type == "tensor(float16)" else FP32)),
             # A static H or W in the graph is both its minimum and its maximum.
             min_hw=(static_hw[0] or 1, static_hw[1] or 1),
             max_hw=None if static_hw == (None, None) else (static_hw[0] or 1 << 30, static_hw[1] or 1 << 30),

@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import BadArtifactError, InputError
-from contract.files import update_digest
+from contract.files import file_sha256
 from contract.integrity import CacheManifest, check_ir, check_onnx, read_onnx
 from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
-                            check_io)
+                            check_io, reported_precision)
+from contract.provenance import Expect, check_fresh
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 from .options import OPENVINO_PRECISIONS, OpenVINOOptions
-from .openvino_ir import import_openvino, ir_precision, write_ir, writer_fingerprint
+from .openvino_ir import import_openvino, rt_record, write_ir, writer_fingerprint
 
 PRECISIONS = OPENVINO_PRECISIONS
 # The shape compiled at load, to check the graph and report what runs in which precision before the first image.
@@ -142,7 +143,7 @@ class OpenVINOBackend(BackendBase):
             if suffix == ".xml":
                 self.ir = self.model_path
                 model = core.read_model(str(self.ir))
-                self.precision = self._precision_of_ir(ir_precision(model))
+                self.precision = self._precision_of_ir(rt_record(model).precision)
             else:
                 self.precision = self.precision or FP32
                 self.ir = self._convert(core)
@@ -208,10 +209,10 @@ class OpenVINOBackend(BackendBase):
         if self.cache_dir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="codeenhance-ov-"))
             return self._write_ir(core, self.workdir / f"{self.model_path.stem}-{self.precision}.xml")
-        key = update_digest(hashlib.sha256(), self.model_path)
-        key.update(repr((self.precision, self.keep_fp32, writer_fingerprint(self.ov_version))).encode())
+        source = file_sha256(self.model_path)
+        key = hashlib.sha256(repr((source, self.precision, self.keep_fp32, writer_fingerprint(self.ov_version))).encode())
         xml = self.cache_dir / f"{self.model_path.stem}-{self.precision}-{key.hexdigest()[:16]}.xml"
-        if xml.is_file() and xml.with_suffix(".bin").is_file() and self._cached_ir_intact(xml):
+        if xml.is_file() and xml.with_suffix(".bin").is_file() and self._cached_ir_intact(xml, source):
             try:
                 self.islands = json.loads(xml.with_suffix(".json").read_text())
             except (OSError, ValueError):
@@ -220,12 +221,17 @@ class OpenVINOBackend(BackendBase):
             return xml
         return self._write_ir(core, xml)
 
-    def _cached_ir_intact(self, xml: Path) -> bool:
-        """A cached IR that fails its payload hash is deleted (and written again), with a note."""
+    def _cached_ir_intact(self, xml: Path, source_sha256: str) -> bool:
+        """A cached IR that fails its payload hash, or whose provenance record is not that of the IR this graph,
+        precision and writer make, is deleted (and written again), with a note."""
         try:
-            if check_ir(xml, "it is rebuilt"):
-                return True
-            why = "it records no payload hash"
+            if not check_ir(xml, "it is rebuilt"):
+                raise BadArtifactError(f"{xml} records no payload hash; it is rebuilt")
+            recorded = rt_record(self.core.read_model(str(xml)))
+            check_fresh(recorded, xml, "it is rebuilt", {"source_sha256": Expect(source_sha256, label="graph"),
+                                                         "exporter_fingerprint": writer_fingerprint(self.ov_version),
+                                                         "precision": reported_precision(self.precision)})
+            return True
         except BadArtifactError as e:
             why = str(e).split(";")[0]
         for path in (xml, xml.with_suffix(".bin"), xml.with_suffix(".json")):

@@ -12,11 +12,12 @@ OpenVINO 2026.3+ ignores that mark on an in-memory model but honours its seriali
 (DisablePrecisionConversion), so the backend always compiles the saved IR. bf16 weights are a bf16 Constant and a
 Convert marked ``decompression`` (as OpenVINO's own compressed IRs write it) so the CPU plugin keeps them bf16
 instead of folding them back to fp32; Python cannot set that mark, so it is written into the IR's XML and checked
-on reading back. The IR records its precision in its rt_info (``codeenhance/precision``).
+on reading back. The IR carries its provenance record (``contract.provenance``) in its rt_info section
+``codeenhance``: the graph it was written from, that graph's checkpoint, the writer's fingerprint, its precision and
+its payload hash.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -25,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import InputError
-from contract.files import update_digest
-from contract.integrity import IR_SECTION, PAYLOAD_KEY, PLACEHOLDER, seal_ir
+from contract.files import file_sha256
+from contract.integrity import IR_SECTION, PLACEHOLDER, seal_ir
 from contract.graph import BF16, FP32_ISLANDS, reported_precision
+from contract.provenance import Kind, Provenance, code_fingerprint
 
 from .backend import BackendError
 
@@ -37,9 +39,6 @@ PRECISE_KEY = "precise_0"
 # What write_ir produces, and the code that decides it: writer_fingerprint() hashes both.
 IR_FORMAT = 2  # 2: bf16 weights
 IR_SOURCES = (Path(__file__), Path(__file__).parents[1] / "contract" / "precision_rules.py")
-# Where the IR keeps the precision it was written for.
-META_PATH = [IR_SECTION, "precision"]
-PAYLOAD_PATH = [IR_SECTION, PAYLOAD_KEY]  # contract.integrity: the hash of the .xml and .bin
 BF16_WEIGHT_PREFIX = "codeenhance_bf16_weights_"
 # The decompression mark as an IR attribute, and its rt_info key once read.
 DECOMPRESSION_ATTRIBUTE, DECOMPRESSION_KEY = "decompression", "decompression_0"
@@ -52,10 +51,7 @@ def writer_fingerprint(ov_version: str) -> str:
     """What an IR written now depends on besides its graph and options: the format, the OpenVINO version, the
     declared islands and the source of the island rules and of this writer. Cached IRs are keyed by it, so a change
     to any of them writes the IR again."""
-    digest = hashlib.sha256(repr((IR_FORMAT, ov_version, tuple(FP32_ISLANDS))).encode())
-    for source in IR_SOURCES:
-        update_digest(digest, source)
-    return digest.hexdigest()
+    return code_fingerprint(IR_SOURCES, IR_FORMAT, ov_version, tuple(FP32_ISLANDS))
 
 
 def import_openvino():
@@ -279,11 +275,22 @@ def decompression_marks(ov_model) -> int:
 # ------------------------------------------------------------------------------------------- writing the IR
 
 
-def ir_precision(ov_model) -> str | None:
-    """The precision an IR was written for (fp32, bf16-mixed), None for an IR not written by write_ir."""
-    if not ov_model.has_rt_info(META_PATH):
-        return None
-    return ov_model.get_rt_info(META_PATH).astype(str)
+# OpenVINO keeps an ONNX graph's metadata (our record among it) in this rt_info section of the model it reads.
+ONNX_METADATA_SECTION = "framework"
+
+
+def rt_record(ov_model, section: str = IR_SECTION, kind: str = Kind.OPENVINO_IR) -> Provenance:
+    """The provenance record in an rt_info section (every field None where there is none)."""
+    return Provenance.from_strings({key: ov_model.get_rt_info([section, key]).astype(str)
+                                    for key in Provenance.keys() if ov_model.has_rt_info([section, key])}, kind)
+
+
+def new_ir_record(ov_model, onnx_path: Path, precision: str, ov_version: str) -> Provenance:
+    """The record of an IR written now from ``ov_model``, read from the graph at ``onnx_path`` (the graph's
+    checkpoint and model config carried over)."""
+    graph = rt_record(ov_model, ONNX_METADATA_SECTION, Kind.ONNX)
+    return graph.with_(kind=Kind.OPENVINO_IR, source_sha256=file_sha256(onnx_path), precision=reported_precision(precision),
+                       exporter_fingerprint=writer_fingerprint(ov_version), payload_sha256=None)
 
 
 def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> dict:
@@ -300,8 +307,10 @@ def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> 
         del onnx_model
         facts = {"onnx_nodes": len(keep), "reasons": dict(Counter(r for why in keep.values() for r in why)),
                  "ov_ops_marked": len(marked), "bf16_weights": store_weights_bf16(ov_model)}
-    ov_model.set_rt_info(reported_precision(precision), META_PATH)
-    ov_model.set_rt_info(PLACEHOLDER, PAYLOAD_PATH)  # sealed with the real hash once the files are final
+    # The payload hash is sealed with its real value once the files are final (contract.integrity.seal_ir).
+    record = new_ir_record(ov_model, onnx_path, precision, ov.get_version()).with_(payload_sha256=PLACEHOLDER)
+    for key, value in record.to_strings().items():
+        ov_model.set_rt_info(value, [IR_SECTION, key])
     # Write to a temporary name and rename: another process may read a cache folder at the same time.
     part = xml.with_name(xml.stem + f".{os.getpid()}.part.xml")
     try:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from contract import optional
-from contract.graph import (INPUT_IMAGE, INPUT_NAMES, META_PRECISION, OUTPUT_CODES, OUTPUT_ENHANCED, WEIGHT_NAMES,
+from contract.graph import (INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED, WEIGHT_NAMES,
                             check_io)
+from contract.provenance import Provenance
 from contract.engine_sidecar import GpuInfo, StaleEngineError, check_engine_bytes, check_sidecar, detect_gpu
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
@@ -232,7 +233,8 @@ class TensorRTBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=f"cuda:{self.device_index} ({self.gpu.name}, compute capability {self.gpu.compute_capability})",
-            precision=str(sidecar.get(META_PRECISION, f"as built into the engine (image input {io_types[INPUT_IMAGE]})")),
+            precision=(Provenance.from_json(sidecar).precision
+                       or f"as built into the engine (image input {io_types[INPUT_IMAGE]})"),
             min_hw=self.limits["min_hw"],
             max_hw=self.limits["max_hw"],
             larger="rebuild the engine with a larger --max (python -m export.tensorrt)",

@@ -23,6 +23,7 @@ from contract.cli import MAX_PORT
 from contract.errors import InputError
 from contract.graph import INPUT_IMAGE, INPUT_NAMES, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io
 from contract.sizes import parse_size
+from contract.provenance import Provenance
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 from .options import TritonOptions
@@ -246,7 +247,7 @@ class TritonBackend(BackendBase):
         return BackendInfo(
             name=self.name,
             device=f"{self.where} ({kind})",
-            precision=params.get("precision", "as served"),
+            precision=Provenance.from_strings(params).precision or "as served",
             max_hw=configured_max_hw(self.config),
             larger="write the repository with a larger --max-size (python -m export.triton) and restart the server",
             max_batch=int(self.config.get("max_batch_size", 0)) or None,

@@ -135,8 +135,8 @@ def with_meta(src: Path, dst: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: {**m, "torch_version": "2.9.1+cu128"}, r"compiled with torch '2\.9\.1\+cu128'.*tied to the torch release"),
-    (lambda m: {**m, "device": "cuda", "compute_capability": "9.0"}, r"compiled for 'cuda' but is loaded on 'cpu'"),
+    (lambda m: {**m, "torch_version": "2.9.1+cu128"}, r"torch_version is '2\.9\.1\+cu128' in its record.*tied to the torch release"),
+    (lambda m: {**m, "device": "cuda", "compute_capability": "9.0"}, r"device is 'cuda' in its record but 'cpu' here"),
     (lambda m: {**m, "cpu_capability": "AVX512"} if torch.backends.cpu.get_cpu_capability() != "AVX512" else
      {**m, "cpu_capability": "NEON"}, r"CPU"),
     (lambda m: None, r"no codeenhance\.json metadata"),

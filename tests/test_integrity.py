@@ -89,7 +89,7 @@ def test_latency_names_both_files(tiny_onnx, tmp_path):
                         "--backends", "onnxruntime", "--sizes", "64x64", "--out", str(tmp_path / "results")],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
-    assert f"{tiny_onnx} was not made from {other}" in r.stderr
+    assert f"{tiny_onnx}: it was made from a different checkpoint than {other}" in r.stderr
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ def test_sidecar_for_this_machine_is_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("built, message", [
-    ({"tensorrt_version": "10.12.0.36"}, "tensorrt_version is '10.12.0.36' in the sidecar but '10.16.0.72' here"),
+    ({"tensorrt_version": "10.12.0.36"}, "tensorrt_version is '10.12.0.36' in its record but '10.16.0.72' here"),
     ({"gpu_name": "NVIDIA L4", "compute_capability": "8.9"}, "gpu_name is 'NVIDIA L4'.*compute_capability is '8.9'"),
 ])
 def test_stale_engines_are_refused_with_the_reason(tmp_path, built, message):
@@ -208,12 +208,13 @@ def test_real_engine_with_a_stale_sidecar_is_refused(tiny_engine, tmp_path):
 
 
 def test_an_engine_that_does_not_match_its_recorded_hash_is_refused(tmp_path):
-    from contract.engine_sidecar import ENGINE_SHA256, check_engine_bytes, write_sidecar
+    from contract.engine_sidecar import check_engine_bytes, write_sidecar
+    from contract.integrity import PAYLOAD_KEY
     from contract.files import file_sha256
 
     engine = make_engine(tmp_path, None)
     assert check_engine_bytes(engine, engine.read_bytes()) is False  # no sidecar (trtexec): unverified, not refused
-    write_sidecar(engine, {ENGINE_SHA256: file_sha256(engine)})
+    write_sidecar(engine, {PAYLOAD_KEY: file_sha256(engine)})
     assert check_engine_bytes(engine, engine.read_bytes()) is True
     data = bytearray(engine.read_bytes())
     data[len(data) // 2] ^= 0x01

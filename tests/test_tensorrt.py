@@ -94,9 +94,9 @@ def test_dry_run_shows_the_sidecar_it_would_write(model, capsys):
     assert sidecar["gpu_name"] == H100
     assert sidecar["precision"] == "fp32"
     assert "compute_capability" in sidecar
-    assert sidecar["onnx"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()  # = sha256sum
-    assert sidecar["profile"]["image"] == {"min": [1, 3, 64, 64], "opt": [1, 3, 512, 512], "max": [1, 3, 1024, 1024]}
-    assert sidecar["profile"]["w_style"] == {"min": [1], "opt": [1], "max": [1]}
+    assert sidecar["source_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()  # = sha256sum
+    assert sidecar["shapes"]["image"] == {"min": [1, 3, 64, 64], "opt": [1, 3, 512, 512], "max": [1, 3, 1024, 1024]}
+    assert sidecar["shapes"]["w_style"] == {"min": [1], "opt": [1], "max": [1]}
     assert sidecar["io"] == {"inputs": ["image", "w_texture", "w_style"], "outputs": ["enhanced"]}
     assert sidecar["build"] == {
         "strongly_typed": True, "workspace_gib": 2.0, "builder_optimization_level": 5,
@@ -289,7 +289,7 @@ def test_check_sidecar_accepts_the_same_target_and_names_mismatches(model, tmp_p
 
     sidecar = check_sidecar(plan.engine_path, "10.16.0.72", H100, "9.0", onnx_sha256=plan.onnx.sha256)
     assert sidecar["key"] == plan.key
-    with pytest.raises(StaleEngineError, match="tensorrt_version is '10.16.0.72' in the sidecar but '11.4.0.106'"):
+    with pytest.raises(StaleEngineError, match="tensorrt_version is '10.16.0.72' in its record but '11.4.0.106'"):
         check_sidecar(plan.engine_path, "11.4.0.106", H100)
     with pytest.raises(StaleEngineError, match="gpu_name .*compute_capability"):
         check_sidecar(plan.engine_path, "10.16.0.72", "NVIDIA L4", "8.9")
@@ -490,7 +490,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, f
     assert cache.read_bytes() == b"old timings+new timings"  # read, extended, written back
     sidecar = check_sidecar(tmp_path / "m.plan", "10.16.0.72", H100, "9.0")
     assert sidecar["build"]["builder_optimization_level"] == 4
-    assert sidecar["engine_sha256"] == hashlib.sha256(b"serialized engine").hexdigest()  # the integrity record
+    assert sidecar["payload_sha256"] == hashlib.sha256(b"serialized engine").hexdigest()  # the integrity record
     kwargs = dict(calls)
     assert kwargs["NetworkFromOnnxPath"]["strongly_typed"] is True
     assert kwargs["CreateConfig"]["builder_optimization_level"] == 4

@@ -42,7 +42,7 @@ def fake_engine(folder: Path) -> Path:
     engine.write_bytes(b"not a real engine")
     sidecar = {"tensorrt_version": "10.13.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
                "precision": "fp16-mixed", "io": {"inputs": ["image", "w_texture", "w_style"], "outputs": ["enhanced"]},
-               "profile": {"image": {"min": [1, 3, 32, 32], "opt": [1, 3, 720, 1280], "max": [4, 3, 1088, 1920]}}}
+               "shapes": {"image": {"min": [1, 3, 32, 32], "opt": [1, 3, 720, 1280], "max": [4, 3, 1088, 1920]}}}
     (folder / "model.plan.json").write_text(json.dumps(sidecar))
     return engine
 
@@ -328,3 +328,33 @@ def test_the_launcher_refuses_a_changed_repository_before_starting(tiny_onnx, tm
     graph.write_bytes(bytes(data))
     with pytest.raises(BadArtifactError, match=f"is corrupt: {PYTHON_MODEL}/1/model.onnx changed since it was written"):
         TritonServer(repo).select_models()
+
+
+def test_the_python_model_refuses_a_file_its_config_does_not_record(tiny_onnx, tmp_path):
+    """A valid graph put in place of the served one (and the manifest gone, as if edited by hand): the Python model
+    checks the file against the provenance record in its config and refuses it; ONNX Runtime alone would run it."""
+    import onnx
+
+    from contract.files import file_sha256
+    from contract.provenance import Provenance
+    from runtime.serve import ServeError
+
+    swapped = tmp_path / "swapped"
+    write_repository(tiny_onnx, swapped, serving=Serving(max_hw=MAX_HW))
+    config = parse_config(swapped / PYTHON_MODEL / "config.pbtxt")
+    record = Provenance.from_strings({k: v.string_value for k, v in config.parameters.items()})
+    assert record.kind == "triton-model" and record.source_sha256 == file_sha256(tiny_onnx)
+    assert record.checkpoint_sha256 == Provenance.from_strings(onnx_metadata(tiny_onnx)).checkpoint_sha256
+    served = swapped / PYTHON_MODEL / "1" / "model.onnx"
+    graph = onnx.load(str(served))
+    onnx.helper.set_model_props(graph, {**onnx_metadata(tiny_onnx), "note": "another graph"})
+    onnx.save(graph, str(served))  # still a valid graph with a valid payload hash
+    (swapped / ".codeenhance-manifest.json").unlink()
+    with pytest.raises(ServeError, match=f"model '{PYTHON_MODEL}' failed to load.*different file than its config records"):
+        start_server(swapped)
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

@@ -1,4 +1,4 @@
-"""Issue 21 parts 2 and 3, measured on the real Triton 2.51: four hostile requests against the server alone and
+"""The serving bounds, measured on the real Triton 2.51: four hostile requests against the server alone and
 behind the launcher's front end (peak memory, answer, still serving?), and what the front end costs per request.
 
     python benchmarks/serving_bounds.py [--workdir DIR] [--requests 40] [--out FILE.md]
@@ -287,7 +287,7 @@ def measure(repo: Path, front_end: bool, requests: int) -> dict:
 def report(results: dict, command: str, requests: int) -> str:
     alone, front = results["Triton alone"], results["behind the front end"]
     lines = [
-        "# Serving bounds (issue 21 parts 2-3): Triton 2.51 alone and behind the launcher's front end", "",
+        "# Serving bounds: Triton 2.51 alone and behind the launcher's front end", "",
         f"`{command}` on {os.cpu_count()} shared CPU cores (a training job running beside it): "
         "tiny preset (untrained), repository max batch 8, largest image 256x256 (largest legal request 7.3 MB), "
         "dynamic batching 1 ms, 127.0.0.1.", "",

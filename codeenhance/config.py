@@ -1,4 +1,4 @@
-"""Network hyper-parameters as one small frozen dataclass, with the official preset and a tiny one."""
+"""Network hyper-parameters as one small frozen dataclass, with the official preset and two small ones (tiny, small)."""
 from __future__ import annotations
 
 import dataclasses

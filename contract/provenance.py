@@ -33,8 +33,12 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
+from . import formats
 from .errors import BadArtifactError
+from .files import file_sha256, update_digest
+from .integrity import IR_SECTION
 
 TOOLKIT_VERSION = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
@@ -122,10 +126,6 @@ def code_fingerprint(sources, *facts) -> str:
     """12 hex digits of sha256 over the source files that make an artifact (each file's name and bytes) and
     ``facts`` (tool versions, format numbers): an ``exporter_fingerprint``. A change to any of them gives another
     fingerprint, so an artifact made before the change is made again."""
-    from pathlib import Path
-
-    from .files import update_digest
-
     digest = hashlib.sha256()
     for source in sources:
         digest.update(f"{Path(source).parent.name}/{Path(source).name}\0".encode())
@@ -143,10 +143,6 @@ def read_provenance(path) -> Provenance:
     """The record an artifact file carries, read by what the file is (``contract.formats``): an ONNX graph's
     metadata, an OpenVINO IR's rt_info, a ``.pt2``'s json, else the TensorRT sidecar beside the file. A record with
     every field None (and kind "") when the file carries none. Reads no weights."""
-    from pathlib import Path
-
-    from . import formats
-
     path = Path(path)
     kind = formats.detect(path)
     if kind == formats.ONNX_GRAPH:
@@ -159,8 +155,6 @@ def read_provenance(path) -> Provenance:
                                    "Export it again.") from None
     if kind == formats.OPENVINO_IR:
         import xml.etree.ElementTree as ET
-
-        from .integrity import IR_SECTION
 
         section = ET.parse(path).getroot().find(f"rt_info/{IR_SECTION}")
         values = {item.tag: item.get("value") for item in (section if section is not None else [])}
@@ -242,8 +236,6 @@ def check_fresh(record: Provenance, artifact, rebuild: str, expected: Mapping[st
 def check_made_from(artifact, source, source_kind: str = "checkpoint") -> bool:
     """An artifact against the file the user names beside it as its source (``--ckpt A --onnx B``): BadArtifactError
     naming both files when its record says it comes from another; False when it records none."""
-    from .files import file_sha256
-
     record = read_provenance(artifact)
     if not record.checkpoint_sha256 or len(record.checkpoint_sha256) != 64:
         return False

@@ -123,14 +123,15 @@ def export_graphs(ckpt: Path, workdir: Path) -> dict[str, Path]:
     from contract.provenance import onnx_record, stale_reasons
     from export.onnx import export_onnx, exporter_fingerprint
 
-    wanted = {"checkpoint_sha256": file_sha256(ckpt), "exporter_fingerprint": exporter_fingerprint()}
+    checkpoint, exporter = file_sha256(ckpt), exporter_fingerprint()
     paths = {}
     for label, lookup in GRAPHS.items():
         path = workdir / f"codeenhance_{lookup}.onnx"
         if path.is_file():
             graph = onnx.load(str(path), load_external_data=False)
             same_lookup = {p.key: p.value for p in graph.metadata_props}.get("lookup") == lookup
-            if same_lookup and not stale_reasons(onnx_record(graph), wanted):
+            if same_lookup and not stale_reasons(onnx_record(graph), checkpoint_sha256=checkpoint,
+                                                 exporter_fingerprint=exporter):
                 paths[label] = path
                 continue
         print(f"exporting the {label} graph (lookup={lookup}) ...", file=sys.stderr)

@@ -122,14 +122,14 @@ def check_package(
     if not meta.get("models"):
         raise StalePackageError(f"{path} lists no compiled models; {REBUILD}")
     record = Provenance.from_json(meta)
-    same_device = record.get("device") == device
-    check_fresh(record, path, REBUILD, {
-        "torch_version": Expect(torch_version, same_release, "compiled packages are tied to the torch release"),
-        "device": device,
-        "cpu_capability": cpu_capability and device == "cpu" and same_device
+    built, same_device = record.built_for, record.built_for.device == device
+    check_fresh(
+        record, path, REBUILD, what="package",
+        torch_version=Expect(torch_version, same_release, "compiled packages are tied to the torch release"),
+        device=device,
+        cpu_capability=cpu_capability and device == "cpu" and same_device
         and Expect(cpu_capability, runs_on_cpu, "its kernels use instructions this CPU may lack"),
-        "compute_capability": compute_capability and device == "cuda" and same_device
-        and Expect(compute_capability, why=f"its kernels were built for {record.get('gpu_name')}"),
-        "checkpoint_sha256": checkpoint_sha256,
-    }, what="package")
+        compute_capability=compute_capability and device == "cuda" and same_device
+        and Expect(compute_capability, why=f"its kernels were built for {built.gpu_name}"),
+        checkpoint_sha256=checkpoint_sha256)
     return {**meta, "integrity": "payload hash verified" if verified else "zip CRCs verified (no payload hash recorded)"}

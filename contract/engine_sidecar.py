@@ -97,9 +97,9 @@ def check_sidecar(
                 f"it was built for are unknown; {REBUILD}"
             )
         return None
-    expected = {"tensorrt_version": trt_version, "gpu_name": gpu_name, "compute_capability": compute_capability,
-                "source_sha256": onnx_sha256 and Expect(onnx_sha256, label="ONNX file")}
-    check_fresh(Provenance.from_json(content, Kind.ENGINE), engine_path, REBUILD, expected, what="TensorRT engine")
+    check_fresh(Provenance.from_json(content, Kind.ENGINE), engine_path, REBUILD, what="TensorRT engine",
+                tensorrt_version=trt_version, gpu_name=gpu_name, compute_capability=compute_capability,
+                source_sha256=onnx_sha256 and Expect(onnx_sha256, label="ONNX file"))
     return content
 
 

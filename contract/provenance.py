@@ -12,7 +12,7 @@ The record (``Provenance``) says where an artifact comes from and what it runs o
   from the same source);
 - ``model_config``, ``precision`` (the reported vocabulary of ``contract.graph``), ``shapes`` (a build profile);
 - ``payload_sha256``: the content hash of what computes (``contract.integrity`` checks it at load);
-- ``built_for``: the facts of the machine or library it runs on only (``ENVIRONMENT``: torch version, device, CPU
+- ``built_for``: the facts of the machine or library it runs on only (``Environment``: torch version, device, CPU
   capability, TensorRT version, GPU name, compute capability).
 
 Field names are the same in every carrier, each at the top level:
@@ -51,8 +51,22 @@ class Kind:
     TRITON = "triton-model"
 
 
-# The environment facts an artifact may be bound to (the keys of ``built_for``), in the order messages list them.
-ENVIRONMENT = ("torch_version", "device", "cpu_capability", "tensorrt_version", "gpu_name", "compute_capability")
+@dataclass(frozen=True)
+class Environment:
+    """What an artifact runs on only (None: not bound to it)."""
+
+    torch_version: str | None = None  # torch.__version__ of the compiler (compiled packages)
+    device: str | None = None  # "cpu" or "cuda"
+    cpu_capability: str | None = None  # torch.backends.cpu.get_cpu_capability() (CPU kernels)
+    tensorrt_version: str | None = None  # of the builder (engines)
+    gpu_name: str | None = None
+    compute_capability: str | None = None  # "major.minor" (GPU kernels, engines)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+ENVIRONMENT = tuple(f.name for f in fields(Environment))
 
 # torch.backends.cpu.get_cpu_capability() values, weakest first: code built for one runs on the later ones.
 CPU_CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
@@ -69,18 +83,11 @@ class Provenance:
     precision: str | None = None
     shapes: dict | None = None
     payload_sha256: str | None = None
-    built_for: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.built_for) - set(ENVIRONMENT)
-        if unknown:
-            raise ValueError(f"built_for keys must be among {ENVIRONMENT}, got {sorted(unknown)}")
+    built_for: Environment = field(default_factory=Environment)
 
     def get(self, name: str):
         """A field of the record, or an environment fact (None when not recorded)."""
-        if name in ENVIRONMENT:
-            return self.built_for.get(name)
-        return getattr(self, name)
+        return getattr(self.built_for, name) if name in ENVIRONMENT else getattr(self, name)
 
     def with_(self, **changes) -> "Provenance":
         return replace(self, **changes)
@@ -90,7 +97,7 @@ class Provenance:
     def to_json(self) -> dict:
         """The record as top-level JSON fields; fields not recorded are left out."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "built_for"}
-        out.update(self.built_for)
+        out.update(self.built_for.as_dict())
         return {k: v for k, v in out.items() if v is not None}
 
     def to_strings(self) -> dict[str, str]:
@@ -107,7 +114,7 @@ class Provenance:
         """The record inside a carrier's JSON object (other keys are ignored; missing fields are None)."""
         names = [f.name for f in fields(cls) if f.name not in ("kind", "built_for")]
         return cls(kind=str(content.get("kind", default_kind)), **{n: content.get(n) for n in names},
-                   built_for={k: content[k] for k in ENVIRONMENT if content.get(k) is not None})
+                   built_for=Environment(**{k: content.get(k) for k in ENVIRONMENT}))
 
     @classmethod
     def from_strings(cls, props: Mapping[str, str], default_kind: str = "") -> "Provenance":
@@ -209,8 +216,8 @@ def problem(name: str, recorded, want: Expect) -> str | None:
     return f"{text} ({want.why})" if want.why else text
 
 
-def stale_reasons(record: Provenance, expected: Mapping[str, str | Expect | None]) -> list[str]:
-    """Every field of ``record`` that differs from ``expected`` (field -> value or Expect; None or False skips it),
+def stale_reasons(record: Provenance, **expected: str | Expect | None) -> list[str]:
+    """Every field of ``record`` that differs from ``expected`` (field=value or Expect; None or False skips it),
     as sentences; empty when the record is fresh."""
     problems = []
     for name, want in expected.items():
@@ -222,11 +229,11 @@ def stale_reasons(record: Provenance, expected: Mapping[str, str | Expect | None
     return problems
 
 
-def check_fresh(record: Provenance, artifact, rebuild: str, expected: Mapping[str, str | Expect | None],
-                what: str = "") -> Provenance:
+def check_fresh(record: Provenance, artifact, rebuild: str, *, what: str = "",
+                **expected: str | Expect | None) -> Provenance:
     """``record`` against ``expected`` (``stale_reasons``). Returns the record; raises BadArtifactError
     "stale <what> <artifact>: <every mismatch>. <Rebuild>." when any field differs."""
-    problems = stale_reasons(record, expected)
+    problems = stale_reasons(record, **expected)
     if problems:
         raise BadArtifactError(f"stale {what or record.kind} {artifact}: " + "; ".join(problems)
                                + f". {rebuild[0].upper()}{rebuild[1:]}.")
@@ -240,6 +247,5 @@ def check_made_from(artifact, source, source_kind: str = "checkpoint") -> bool:
     if not record.checkpoint_sha256 or len(record.checkpoint_sha256) != 64:
         return False
     check_fresh(record, artifact, f"pass the {source_kind} it was made from, or make it again from this one",
-                {"checkpoint_sha256": Expect(file_sha256(source), label=f"{source_kind} than {source}")},
-                what="artifact")
+                what="artifact", checkpoint_sha256=Expect(file_sha256(source), label=f"{source_kind} than {source}"))
     return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -42,7 +41,7 @@ from codeenhance.padding import padded_size, symmetric_indices
 from contract.aoti_package import DYNAMIC_MODEL, META_NAME, META_PAD_MULTIPLE, PACKAGE_KIND, PACKAGE_SCHEMA, bucket_name
 from contract.engine_sidecar import format_sidecar
 from contract.integrity import seal_zip
-from contract.provenance import ENVIRONMENT, Provenance
+from contract.provenance import Environment, Provenance
 from contract import sizes as contract_sizes
 from contract import cli as common
 from contract.errors import InputError, MissingDependency
@@ -214,12 +213,14 @@ def compile_program(program: torch.export.ExportedProgram, device: str):
                                            options=inductor_configs(device))
 
 
-def device_facts(device: str) -> dict:
+def built_for(device: str) -> tuple[Environment, dict]:
+    """What a package compiled here runs on only, and the other facts of the compile worth recording."""
     if device == "cuda":
         major, minor = torch.cuda.get_device_capability()
-        return {"cuda_version": torch.version.cuda, "gpu_name": torch.cuda.get_device_name(),
-                "compute_capability": f"{major}.{minor}", "tf32": False}
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        return (Environment(torch_version=torch.__version__, device=device, gpu_name=torch.cuda.get_device_name(),
+                            compute_capability=f"{major}.{minor}"), {"cuda_version": torch.version.cuda, "tf32": False})
+    return Environment(torch_version=torch.__version__, device=device,
+                       cpu_capability=torch.backends.cpu.get_cpu_capability()), {}
 
 
 def check_options(device: str, precision: str, sizes, dynamic: bool, max_batch: int) -> None:
@@ -269,15 +270,12 @@ def export_aoti(
             models[name] = {"padded": list(padded) if padded else None}
             what = f"padded {padded[0]}x{padded[1]}" if padded else "dynamic N, H, W"
             log(f"{name}: {what}: export {exported - start:.1f} s, compile {done - exported:.1f} s")
-        facts = device_facts(device)
-        environment = {k: v for k, v in facts.items() if k in ENVIRONMENT}
+        environment, facts = built_for(device)
         record = Provenance(kind=PACKAGE_KIND, checkpoint_sha256=sha, source_sha256=sha,
                             exporter_fingerprint=exporter_fingerprint(), model_config=model.config.to_dict(),
-                            precision=PRECISIONS[precision],
-                            built_for={"torch_version": torch.__version__, "device": device, **environment})
+                            precision=PRECISIONS[precision], built_for=environment)
         meta = {
-            "schema": PACKAGE_SCHEMA, **record.to_json(),
-            **{k: v for k, v in facts.items() if k not in ENVIRONMENT},
+            "schema": PACKAGE_SCHEMA, **record.to_json(), **facts,
             "models": models, "max_batch": max_batch, META_PAD_MULTIPLE: multiple,
             "inputs": {"static": "image float32 [N,3,Hp,Wp], w_texture float32 [N], w_style float32 [N], size int64 [2]",
                        "dynamic": "image float32 [N,3,H,W], w_texture float32 [N], w_style float32 [N]"},

@@ -207,7 +207,9 @@ def check_engine(engine: Path, serving: Serving) -> tuple[dict, Serving]:
     if sidecar is None:
         raise RepositoryError(f"--engine {engine} has no sidecar {sidecar_path(engine).name}: the TensorRT version "
                               "and GPU it was built for are unknown. Build it with python -m export.tensorrt")
-    missing = [k for k in ("tensorrt_version", "gpu_name", "compute_capability") if not sidecar.get(k)]
+    built = Provenance.from_json(sidecar).built_for
+    missing = [k for k, v in (("TensorRT version", built.tensorrt_version), ("GPU name", built.gpu_name),
+                              ("compute capability", built.compute_capability)) if not v]
     io = sidecar.get("io", {})
     if missing:
         raise RepositoryError(f"engine sidecar {sidecar_path(engine)} lacks {', '.join(missing)}; rebuild the engine")
@@ -299,7 +301,8 @@ def write_repository(model: Path, out: Path, *, serving: Serving = Serving(), en
         write_model(out, ONNX_MODEL, onnx_config(ONNX_MODEL, serving, trt_ep_precision), {"model.onnx": model}, served=model)
         names.append(ONNX_MODEL)
         if engine:
-            write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving, sidecar.get("compute_capability")),
+            write_model(out, TRT_MODEL, trt_config(TRT_MODEL, trt_serving,
+                                                       Provenance.from_json(sidecar).built_for.compute_capability),
                         {"model.plan": Path(engine), "model.plan.json": json.dumps(sidecar, indent=2) + "\n"},
                         served=Path(engine))
             names.append(TRT_MODEL)
@@ -316,10 +319,11 @@ def operator_readme(names, serving: Serving, trt_serving, sidecar, precision, tr
     low, high = WEIGHT_RANGE
     trt_lines = ""
     if sidecar:
+        built = Provenance.from_json(sidecar).built_for
         trt_lines = f"""
-- `{TRT_MODEL}`: TensorRT engine `1/model.plan`, built with TensorRT {sidecar['tensorrt_version']} on
-  {sidecar['gpu_name']} (compute capability {sidecar['compute_capability']}; `1/model.plan.json` is its sidecar).
-  It loads only where the container's TensorRT is exactly {sidecar['tensorrt_version']} and the GPU has that compute
+- `{TRT_MODEL}`: TensorRT engine `1/model.plan`, built with TensorRT {built.tensorrt_version} on
+  {built.gpu_name} (compute capability {built.compute_capability}; `1/model.plan.json` is its sidecar).
+  It loads only where the container's TensorRT is exactly {built.tensorrt_version} and the GPU has that compute
   capability: pick the Triton container release whose TensorRT matches, or rebuild the engine inside it
   (`python -m export.tensorrt`). Largest image {trt_serving.max_hw[0]}x{trt_serving.max_hw[1]}, max batch
   {trt_serving.max_batch} (the engine's profile).

@@ -125,8 +125,8 @@ class TritonPythonModel:
         if record.source_sha256 and os.path.isfile(model_file):  # the file this config was written for
             try:
                 check_fresh(record, model_file, "write the repository again with python -m export.triton",
-                            {"source_sha256": Expect(file_sha256(model_file), label="file than its config records")},
-                            what=f"{self.name}: model file")
+                            what=f"{self.name}: model file",
+                            source_sha256=Expect(file_sha256(model_file), label="file than its config records"))
             except ToolkitError as e:
                 raise pb_utils.TritonModelException(str(e)) from None
         options = json.loads(params.get("backend_options", "") or "{}")

@@ -27,7 +27,7 @@ from contract.files import update_digest
 from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
 from contract.errors import InputError
 from contract.integrity import check_onnx
-from contract.provenance import Kind, Provenance
+from contract.provenance import Environment, Kind, Provenance
 from contract.sizes import parse_size
 from contract.graph import (  # noqa: F401  (INPUT_NAMES, OUTPUT_ENHANCED: this module's names for the builder)
     BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
@@ -330,12 +330,12 @@ class BuildPlan:
     def sidecar(self, created: datetime | None = None) -> dict:
         """The sidecar JSON for the engine this plan builds (field names: see contract/engine_sidecar.py)."""
         created = created or datetime.now(timezone.utc)
-        gpu = {"gpu_name": self.gpu.name, "compute_capability": self.gpu.compute_capability} if self.gpu else {}
         record = Provenance(
             kind=Kind.ENGINE, checkpoint_sha256=self.onnx.record.checkpoint_sha256, source_sha256=self.onnx.sha256,
             exporter_fingerprint=self.onnx.record.exporter_fingerprint, model_config=self.onnx.record.model_config,
             precision=self.onnx.precision, shapes=self.profile.as_dict(),
-            built_for={"tensorrt_version": self.trt_version, **gpu})
+            built_for=Environment(tensorrt_version=self.trt_version, gpu_name=self.gpu and self.gpu.name,
+                                  compute_capability=self.gpu and self.gpu.compute_capability))
         return {
             "schema": SIDECAR_SCHEMA,
             "key": self.key,

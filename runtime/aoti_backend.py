@@ -17,6 +17,7 @@ import torch
 from contract.aoti_package import (DYNAMIC_MIN_SIDE, DYNAMIC_MODEL, StalePackageError, bucket_for, check_package,
                                    describe_buckets, pad_multiple, padded_size)
 from contract.errors import InputError
+from contract.provenance import Provenance
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 from .options import AotiOptions
@@ -53,13 +54,15 @@ class AotiBackend(BackendBase):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"aoti: device {self.device} requested but this torch build has no usable CUDA "
                                f"(torch {torch.__version__}); use device='cpu' with a CPU package")
-        facts = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        cpu_capability = compute_capability = None
         if self.device.type == "cuda":
-            major, minor = torch.cuda.get_device_capability(self.device)
-            facts = {"compute_capability": f"{major}.{minor}"}
+            compute_capability = "{}.{}".format(*torch.cuda.get_device_capability(self.device))
+        else:
+            cpu_capability = torch.backends.cpu.get_cpu_capability()
         try:
             self.meta = check_package(self.path, torch_version=torch.__version__, device=self.device.type,
-                                      checkpoint_sha256=self.checkpoint_sha256, **facts)
+                                      checkpoint_sha256=self.checkpoint_sha256, cpu_capability=cpu_capability,
+                                      compute_capability=compute_capability)
         except StalePackageError as e:  # corrupt or stale: exit 2, rebuild it
             raise StalePackageError(f"aoti: {e}") from None
         if self.threads:
@@ -113,6 +116,7 @@ class AotiBackend(BackendBase):
 
     def _describe(self) -> BackendInfo:
         meta = self.meta
+        record = Provenance.from_json(meta)
         device = str(self.device)
         if self.device.type == "cuda":
             device = f"{device} ({torch.cuda.get_device_name(self.device)})"
@@ -125,8 +129,8 @@ class AotiBackend(BackendBase):
             name=self.name, device=device, precision=meta["precision"], min_hw=min_hw, max_hw=max_hw,
             larger="compile a package with a bucket for it (python -m export.aoti --sizes HxW, or --dynamic)",
             max_batch=None if dynamic and not static else int(meta.get("max_batch", 1)),
-            extra={"package": str(self.path), "buckets": describe_buckets(meta), "torch": meta.get("torch_version"),
-                   "checkpoint_sha256": meta.get("checkpoint_sha256"), "config": meta.get("model_config")},
+            extra={"package": str(self.path), "buckets": describe_buckets(meta), "torch": record.built_for.torch_version,
+                   "checkpoint": record.checkpoint_sha256, "config": record.model_config},
         )
 
     def _close(self) -> None:

@@ -228,9 +228,9 @@ class OpenVINOBackend(BackendBase):
             if not check_ir(xml, "it is rebuilt"):
                 raise BadArtifactError(f"{xml} records no payload hash; it is rebuilt")
             recorded = rt_record(self.core.read_model(str(xml)))
-            check_fresh(recorded, xml, "it is rebuilt", {"source_sha256": Expect(source_sha256, label="graph"),
-                                                         "exporter_fingerprint": writer_fingerprint(self.ov_version),
-                                                         "precision": reported_precision(self.precision)})
+            check_fresh(recorded, xml, "it is rebuilt", source_sha256=Expect(source_sha256, label="graph"),
+                        exporter_fingerprint=writer_fingerprint(self.ov_version),
+                        precision=reported_precision(self.precision))
             return True
         except BadArtifactError as e:
             why = str(e).split(";")[0]

@@ -1,7 +1,7 @@
 """The layout's promises (issue 13): contract/ at the bottom imports no other package of the project and no torch;
 runtime/ never imports export/; an .onnx model runs through runtime.Enhancer without torch or export loaded.
-The model contract's facts (graph I/O names, precision labels, the pad multiple) are spelled only in contract/,
-and no command declares a flag twice."""
+The model contract's facts (graph I/O names, precision labels, the pad multiple) and the provenance record's field
+names are spelled only in contract/, and no command declares a flag twice."""
 from __future__ import annotations
 
 import ast
@@ -81,6 +81,11 @@ QUOTED_NAME = re.compile(r"""['"`](?:%s)['"`]""" % "|".join(sorted(GRAPH_NAMES))
 LABEL_SUFFIX = "-mixed"
 # The pad multiple in prose or formulas: "(H//32+1)*32", "a multiple of 32", "32k-1 pixels".
 PAD_PROSE = re.compile(r"//\s*32\b|\bmultiple of 32\b|\b32k\b")
+# The provenance record's field names (contract.provenance): read and written through Provenance's attributes and
+# keywords, never as strings. Generic words (precision, device, kind, shapes, model_config: also Triton's argument
+# name) are left out.
+RECORD_NAMES = {"toolkit_version", "checkpoint_sha256", "source_sha256", "exporter_fingerprint", "payload_sha256",
+                "torch_version", "cpu_capability", "tensorrt_version", "gpu_name", "compute_capability"}
 # (file, literal) -> why it may stay. Keep this short: a new entry needs a reason a constant cannot serve.
 ALLOWED = {
     # Key of a per-image row in the harness's results (the photo's file name), not the graph input: the results
@@ -156,6 +161,8 @@ def contract_literals(path: Path) -> list[tuple[int, object, str]]:
             found.append((node.lineno, quoted.strip("'\"`"), "graph I/O name in a message"))
         if LABEL_SUFFIX in text:
             found.append((node.lineno, text, "precision label"))
+        if text in RECORD_NAMES:
+            found.append((node.lineno, text, "provenance field"))
         if PAD_PROSE.search(text):
             found.append((node.lineno, PAD, "pad multiple in text"))
     found += [(line, PAD, "pad multiple") for line in pad_literals(tree)]
@@ -163,13 +170,14 @@ def contract_literals(path: Path) -> list[tuple[int, object, str]]:
 
 
 def test_contract_literals_stay_in_contract():
-    """Graph I/O names, precision labels and the pad multiple come from contract.graph everywhere else."""
+    """Graph I/O names, precision labels and the pad multiple come from contract.graph everywhere else, and the
+    provenance record's fields from contract.provenance."""
     problems = []
     for path in production_files():
         rel = path.relative_to(REPO).as_posix()
         for line, literal, what in contract_literals(path):
             if (rel, literal) not in ALLOWED:
-                problems.append(f"{rel}:{line}: {what} {literal!r} spelled here; use contract.graph's constant")
+                problems.append(f"{rel}:{line}: {what} {literal!r} spelled here; use contract's constant or record")
     assert not problems, "\n".join(problems)
 
 
@@ -182,12 +190,13 @@ def f(x, multiple=32, size=7):
     feeds = {"image": x}
     print(f"missing output 'codes' in {x}")
     label = f"{x}-mixed"
-    meta = {}.get("pad_multiple", 32)
+    meta = {}.get("pad_multiple", 32) or {}.get("checkpoint_sha256")
     return (x + 1) // 32 * 32 - 1, x % 32, "a multiple of 32", size * 32
 ''')
     found = sorted((line, what) for line, _, what in contract_literals(sample))
     assert found == [(2, "pad multiple"), (3, "graph I/O name"), (4, "graph I/O name in a message"),
-                     (5, "precision label"), (6, "pad multiple"), (7, "pad multiple"), (7, "pad multiple"),
+                     (5, "precision label"), (6, "pad multiple"), (6, "provenance field"), (7, "pad multiple"),
+                     (7, "pad multiple"),
                      (7, "pad multiple"), (7, "pad multiple in text")], found
 
 

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING
 
 from contract import cli as common
 from contract import optional
-from contract.errors import (EXIT_FAILED, EXIT_NO_TENSORRT, EXIT_OK, EXIT_USAGE, BackendError,
-                             ToolkitError)
+from contract.errors import EXIT_NO_TENSORRT, EXIT_OK, BackendError, ToolkitError
 from contract.engine_sidecar import (
     GpuInfo,
     StaleEngineError,
@@ -78,8 +77,6 @@ __all__ = [
 ]
 
 WITHOUT_TENSORRT = "or run with --dry-run / --print-trtexec to see the build plan without it"
-# This command's exit statuses, by their names here (contract.errors has them all): 3 is kept for scripts.
-EXIT_BUILD_FAILED, EXIT_BAD_INPUT = EXIT_FAILED, EXIT_USAGE
 
 
 class TensorRTMissingError(optional.MissingDependency):

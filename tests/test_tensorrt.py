@@ -23,6 +23,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from export import tensorrt as cli  # noqa: E402
 from export.trt_plan import BuildFlags, BuildPlan, ShapeProfile, default_engine_path, engine_key  # noqa: E402
+from contract.errors import EXIT_FAILED, EXIT_USAGE  # noqa: E402
 from contract.engine_sidecar import GpuInfo, StaleEngineError, check_sidecar, sidecar_path, write_sidecar  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +222,7 @@ def test_key_follows_the_onnx_content(tmp_path):
 )
 def test_bad_profile_or_flags_are_refused(model, capsys, argv, message):
     rc, _, err = run(capsys, model, "--dry-run", *TARGET, *argv)
-    assert rc == cli.EXIT_BAD_INPUT
+    assert rc == EXIT_USAGE
     assert message in err
 
 
@@ -256,7 +257,7 @@ def test_bad_size_syntax_is_an_argument_error(model, capsys, size, message):
 def test_onnx_that_breaks_the_contract_is_refused(tmp_path, capsys, make, message):
     path = make(tmp_path / "bad.onnx")
     rc, _, err = run(capsys, path, "--dry-run", *TARGET)
-    assert rc == cli.EXIT_BAD_INPUT
+    assert rc == EXIT_USAGE
     assert message in err
     assert "Traceback" not in err
 
@@ -271,7 +272,7 @@ def test_existing_engine_needs_overwrite(model, capsys):
     engine = model.parent / "model.plan"
     engine.write_bytes(b"old engine")
     rc, _, err = run(capsys, model, "--dry-run", "--out", engine, *TARGET)
-    assert rc == cli.EXIT_BAD_INPUT and "--overwrite" in err
+    assert rc == EXIT_USAGE and "--overwrite" in err
     rc, _, err = run(capsys, model, "--dry-run", "--out", engine, "--overwrite", *TARGET)
     assert rc == 0, err
     assert engine.read_bytes() == b"old engine"  # a dry run touches nothing
@@ -511,7 +512,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(model, tmp_path, capsys, f
 def test_build_failures_are_reported_with_reasons(model, tmp_path, capsys, fake_build, setup, message):
     fake_build(**setup)
     rc, _, err = run(capsys, model, "--out", tmp_path / "m.plan")
-    assert rc == cli.EXIT_BUILD_FAILED and message in err, err
+    assert rc == EXIT_FAILED and message in err, err
     assert not (tmp_path / "m.plan").exists() and not (tmp_path / "m.plan.json").exists()
 
 
@@ -558,7 +559,7 @@ def test_build_a_tiny_engine_for_real(model, tmp_path, capsys):
     assert [tuple(s) for s in loaded.get_tensor_profile_shape("image", 0)] == [(1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 96, 128)]
 
     rc, _, err = run(capsys, model, "--out", tmp_path / "engines", "--workspace", "1", *argv)  # same key: exists
-    assert rc == cli.EXIT_BAD_INPUT and "--overwrite" in err
+    assert rc == EXIT_USAGE and "--overwrite" in err
     rc, _, err = run(capsys, model, "--out", tmp_path / "engines", "--workspace", "1", *argv, "--overwrite")
     assert rc == 0, err  # rebuilt, reading the timing cache back
 

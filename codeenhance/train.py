@@ -22,7 +22,7 @@ import torch
 
 from contract.graph import PAD_MULTIPLE
 from contract import cli as common
-from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE, InputError, ToolkitError
+from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE, BadArtifactError, InputError, ToolkitError
 from contract.images import ImageError, list_images, load_rgb
 
 from .checkpoint import atomic_torch_save, from_official_name, official_state_dict, random_model, read_state_dict
@@ -132,12 +132,18 @@ class Trainer:
         path = self.run / "training_state.pth"
         if not path.exists():
             raise InputError(f"--resume: {path} not found; start a new run without --resume")
-        saved = torch.load(path, weights_only=True)
-        self.state = RunState(**saved["state"])
+        try:
+            saved = torch.load(path, weights_only=True)
+            self.state, optimizer = RunState(**saved["state"]), saved["optimizer"]
+        except Exception as e:  # unpickling (an older run's state), a truncated file, missing or unknown fields
+            raise BadArtifactError(
+                f"--resume: {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}): it is damaged "
+                "or was written by an older version of this command; start a new run in another --out, or keep "
+                f"this run's prior with --stage1 {self.run / 'stage1.pth'}") from None
         self.load_weights(self.model, self.run / "net_g_latest.pth")
         if self.state.stage == 2:
             self.teacher = self.frozen_copy_of(self.run / "stage1.pth")
-        return saved["optimizer"]
+        return optimizer
 
     @staticmethod
     def load_weights(model: CodeEnhance, path: Path) -> None:

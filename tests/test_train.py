@@ -153,3 +153,20 @@ def test_ift_identity_start_keeps_the_prior_decoder_output():
     spread = without.abs().max()
     assert (scrambled - without).abs().max() > 0.05 * spread  # random IFT blocks change the output
     assert (started - without).abs().max() < 0.02 * spread  # at the identity they (almost) do not
+
+
+@pytest.mark.parametrize("state", ["older", "truncated"])
+def test_resume_refuses_a_state_it_cannot_read(photos, tmp_path, state):
+    """A training state from an older version (it pickled a Path, which weights_only loading refuses) or a truncated
+    one: exit 2 naming the file and what to do, not a crash reported as a bug."""
+    run = tmp_path / "run"
+    assert train(photos, run, "--iters", "2,0").returncode == 0
+    path = run / "training_state.pth"
+    if state == "older":
+        saved = torch.load(path, weights_only=True)
+        torch.save({**saved, "args": {"out": Path(run)}}, path)
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    r = train(photos, run, "--iters", "4,0", "--resume")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{path} cannot be read" in r.stderr and "--stage1" in r.stderr and "bug" not in r.stderr

@@ -27,7 +27,7 @@ from contract.files import update_digest
 from contract.engine_sidecar import SIDECAR_SCHEMA, GpuInfo
 from contract.errors import InputError
 from contract.integrity import check_onnx
-from contract.provenance import Environment, Kind, Provenance
+from contract.provenance import Environment, Kind, Provenance, onnx_record
 from contract.sizes import parse_size
 from contract.graph import (  # noqa: F401  (INPUT_NAMES, OUTPUT_ENHANCED: this module's names for the builder)
     BF16, FP16, INPUT_IMAGE, INPUT_NAMES, INPUT_RANKS, OUTPUT_ENHANCED, WEIGHT_NAMES, check_io,
@@ -170,7 +170,7 @@ def inspect_onnx(path: str | Path) -> OnnxSummary:
         {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
     )
     opset = onnx_opset(model)
-    record = Provenance.from_strings({p.key: p.value for p in model.metadata_props}, Kind.ONNX)
+    record = onnx_record(model)
     return OnnxSummary(
         path=path,
         sha256=_fingerprint(path, external),
@@ -192,8 +192,8 @@ def _tensor_spec(value_info) -> TensorSpec:
 
 
 def _graph_precision(model) -> str:
-    """A strongly typed engine runs in the graph's own types, so the graph tells the engine's precision: its
-    provenance record's (export/precision.py writes it), else, here, what its initializers and Casts hold."""
+    """The precision of a graph whose provenance record names none (one from another tool), from what its
+    initializers and Casts hold: a strongly typed engine runs in the graph's own types."""
     reduced = {10: FP16, 16: BF16}  # TensorProto.FLOAT16, BFLOAT16
     found = {reduced[t.data_type] for t in model.graph.initializer if t.data_type in reduced}
     casts = (a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to")

@@ -35,7 +35,7 @@ from contract.files import file_sha256
 from contract.integrity import CacheManifest, check_ir, check_onnx, read_onnx
 from contract.graph import (BF16, BF16_MIXED, FP32, INPUT_IMAGE, INPUT_NAMES, OUTPUT_CODES, OUTPUT_ENHANCED,
                             check_io, reported_precision)
-from contract.provenance import Expect, check_fresh
+from contract.provenance import Expect, check_fresh, read_provenance
 
 from .backend import BackendBase, BackendError, BackendInfo, InferResult
 from .options import OPENVINO_PRECISIONS, OpenVINOOptions
@@ -219,7 +219,7 @@ class OpenVINOBackend(BackendBase):
                 self.islands = {"ir": str(xml)}
             self.islands["reused_ir"] = True
             return xml
-        return self._write_ir(core, xml)
+        return self._write_ir(core, xml, source)
 
     def _cached_ir_intact(self, xml: Path, source_sha256: str) -> bool:
         """A cached IR that fails its payload hash, or whose provenance record is not that of the IR this graph,
@@ -227,8 +227,7 @@ class OpenVINOBackend(BackendBase):
         try:
             if not check_ir(xml, "it is rebuilt"):
                 raise BadArtifactError(f"{xml} records no payload hash; it is rebuilt")
-            recorded = rt_record(self.core.read_model(str(xml)))
-            check_fresh(recorded, xml, "it is rebuilt", source_sha256=Expect(source_sha256, label="graph"),
+            check_fresh(read_provenance(xml), xml, "it is rebuilt", source_sha256=Expect(source_sha256, label="graph"),
                         exporter_fingerprint=writer_fingerprint(self.ov_version),
                         precision=reported_precision(self.precision))
             return True
@@ -239,8 +238,8 @@ class OpenVINOBackend(BackendBase):
         self.cache_notes.append(f"cached IR {xml.name} rebuilt: {why}")
         return False
 
-    def _write_ir(self, core, xml: Path) -> Path:
-        self.islands = write_ir(core, self.model_path, xml, self.precision, self.keep_fp32)
+    def _write_ir(self, core, xml: Path, source_sha256: str | None = None) -> Path:
+        self.islands = write_ir(core, self.model_path, xml, self.precision, self.keep_fp32, source_sha256)
         self.islands["ir"] = str(xml) if self.cache_dir is not None else None
         if self.cache_dir is not None:
             xml.with_suffix(".json").write_text(json.dumps(self.islands))

@@ -285,17 +285,18 @@ def rt_record(ov_model, section: str = IR_SECTION, kind: str = Kind.OPENVINO_IR)
                                     for key in Provenance.keys() if ov_model.has_rt_info([section, key])}, kind)
 
 
-def new_ir_record(ov_model, onnx_path: Path, precision: str, ov_version: str) -> Provenance:
-    """The record of an IR written now from ``ov_model``, read from the graph at ``onnx_path`` (the graph's
-    checkpoint and model config carried over)."""
+def new_ir_record(ov_model, source_sha256: str, precision: str, ov_version: str) -> Provenance:
+    """The record of an IR written now from ``ov_model``, read from the graph whose file has ``source_sha256`` (the
+    graph's checkpoint and model config carried over)."""
     graph = rt_record(ov_model, ONNX_METADATA_SECTION, Kind.ONNX)
-    return graph.with_(kind=Kind.OPENVINO_IR, source_sha256=file_sha256(onnx_path), precision=reported_precision(precision),
+    return graph.with_(kind=Kind.OPENVINO_IR, source_sha256=source_sha256, precision=reported_precision(precision),
                        exporter_fingerprint=writer_fingerprint(ov_version), payload_sha256=None)
 
 
-def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> dict:
+def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=(), source_sha256: str | None = None) -> dict:
     """Convert the graph at ``onnx_path`` to an IR at ``xml`` (and .bin) for ``precision`` ("fp32" or "bf16");
-    returns what was done (islands, marked ops, bf16 weights). The files appear complete or not at all."""
+    returns what was done (islands, marked ops, bf16 weights). The files appear complete or not at all.
+    ``source_sha256``: the graph file's sha256 when the caller has it already (else it is computed)."""
     import openvino as ov
 
     ov_model = core.read_model(str(onnx_path))
@@ -308,7 +309,8 @@ def write_ir(core, onnx_path: Path, xml: Path, precision: str, keep_fp32=()) -> 
         facts = {"onnx_nodes": len(keep), "reasons": dict(Counter(r for why in keep.values() for r in why)),
                  "ov_ops_marked": len(marked), "bf16_weights": store_weights_bf16(ov_model)}
     # The payload hash is sealed with its real value once the files are final (contract.integrity.seal_ir).
-    record = new_ir_record(ov_model, onnx_path, precision, ov.get_version()).with_(payload_sha256=PLACEHOLDER)
+    record = new_ir_record(ov_model, source_sha256 or file_sha256(onnx_path), precision,
+                           ov.get_version()).with_(payload_sha256=PLACEHOLDER)
     for key, value in record.to_strings().items():
         ov_model.set_rt_info(value, [IR_SECTION, key])
     # Write to a temporary name and rename: another process may read a cache folder at the same time.

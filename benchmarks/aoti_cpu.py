@@ -1,12 +1,14 @@
 """The CPU AOTInductor package beside ONNX Runtime fp32 and eager torch: latency and peak memory at one size.
 
     python benchmarks/aoti_cpu.py --ckpt CKPT --pt2 model.pt2 --onnx model.onnx [--size 256x256] [--repeats 5]
-        [--threads 2]
+        [--threads 2] [--images DIR]
 
 Latency: these three (package, ONNX Runtime, eager) loaded in one process, one warm-up call each, then --repeats rounds that run each
 backend once in turn (alternating, so background load hits them alike); the median per backend is printed.
 Peak memory: a fresh subprocess per backend that imports only what the backend needs, loads, runs one warm-up and
 one call, and reports its peak RSS (ru_maxrss). The package must have a bucket for --size.
+Fidelity (--images): every photo in DIR resized to --size (the bucket's shape), through the package and through
+eager torch, compared with export.fidelity.compare_image.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 
 from contract import cli as common
+from contract.images import list_images, load_rgb
 
 BACKENDS = ("aoti", "onnxruntime", "torch")
 
@@ -64,6 +68,23 @@ def peak_rss_child(name: str, args) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def fidelity_against_torch(backends: dict, folder: str, size) -> str:
+    """The package against eager torch on real photos at the bucket's size: one summary line."""
+    from export.fidelity import compare_image, summarize
+
+    h, w = size
+    rows = []
+    for path in list_images(folder):
+        rgb = cv2.resize(load_rgb(path), (w, h), interpolation=cv2.INTER_AREA)
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+        ones = np.ones(1, np.float32)
+        rows.append(compare_image(backends["aoti"].infer(x, ones, ones).enhanced, backends["torch"].infer(x, ones, ones).enhanced))
+    s = summarize(rows)
+    return (f"aoti vs eager torch on {s['images']} photos from {folder} resized to {h}x{w}: PSNR mean "
+            f"{s['psnr_mean']:.2f} dB, worst {s['psnr_worst']:.2f} dB, max 8-bit error {s['max_8bit_error']}, "
+            f"NaN/Inf {s['nonfinite']}")
+
+
 @common.run_main
 def main(argv=None) -> int:
     p = common.parser("python benchmarks/aoti_cpu.py", __doc__)
@@ -74,6 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     common.add_threads(p, default=2)
     p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--images", help="also compare the package with eager torch on these photos (folder)")
     p.add_argument("--child", choices=BACKENDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -104,6 +126,10 @@ def main(argv=None) -> int:
         ratio = f"{med / ref:.2f}x" if ref else "-"
         runs = ", ".join(f"{t:.3f}" for t in times[name])
         print(f"| {name} | {med:.3f} | {runs} | {ratio} | {memory[name]['peak_rss_mib']} | {memory[name]['load_s']} |")
+    if args.images:
+        if not {"aoti", "torch"} <= backends.keys():
+            p.error("--images compares aoti with torch: keep both in --backends")
+        print("\n" + fidelity_against_torch(backends, args.images, args.size))
     return 0
 
 

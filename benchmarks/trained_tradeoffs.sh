@@ -3,7 +3,8 @@
 #   bash benchmarks/trained_tradeoffs.sh [CKPT] [RESULTS_DIR]
 # CKPT defaults to the shipped trained tiny checkpoint; the artifacts go to out/trained/, the reports (one .md per
 # study, with the command that made it) to RESULTS_DIR (default benchmarks/results/cpu-2core/trained/).
-# Needs ../shared/data (reference photos, LIME/MEF) and the [dev] and [int8] extras; ~40 minutes on 2 cores (int8 accuracy control: ~20).
+# Needs ../shared/data (reference photos, LIME/MEF) and the [dev] and [int8] extras; ~20 minutes on a quiet 2-core machine,
+# ~40 on a shared one (the int8 accuracy control is half of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ckpt="${1:-codeenhance/weights/codeenhance_tiny.pth}"
@@ -28,6 +29,8 @@ run int8 python benchmarks/openvino_int8.py --onnx "$art/codes.onnx" --images "$
 run int8_accuracy_control python benchmarks/openvino_int8.py --onnx "$art/codes.onnx" --images "$lowlight" --size 256x256 \
     --repeats 3 --max-side 192 --accuracy-control 45
 run tiling python benchmarks/tiling.py --model "$art/codes.onnx" --photos 6
+run tiling_full_size python benchmarks/tiling.py --model "$art/codes.onnx" --photos 6 --longest 0 --configs 511:32,1023:32
 python -m export.aoti --ckpt "$ckpt" --out "$art/model.pt2" --sizes 256x256 --overwrite > "$art/aoti_export.log" 2>&1 || true
-run aoti python benchmarks/aoti_cpu.py --ckpt "$ckpt" --pt2 "$art/model.pt2" --onnx "$art/codes.onnx" --size 256x256 --repeats 5
+run aoti python benchmarks/aoti_cpu.py --ckpt "$ckpt" --pt2 "$art/model.pt2" --onnx "$art/codes.onnx" --size 256x256 --repeats 5 \
+    --images "$lowlight"
 echo "reports in $res/"

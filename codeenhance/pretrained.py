@@ -29,7 +29,7 @@ class ShippedCheckpoint:
 
 #: preset -> its trained checkpoint. A preset not listed has no trained weights (the demo writes random ones).
 SHIPPED: dict[str, ShippedCheckpoint] = {
-    "tiny": ShippedCheckpoint("tiny", "codeenhance_tiny.pth", "84e4f310d82472ae286305ea39a55a85ee217a2db3dd06730e6f808a6760c995"),
+    "tiny": ShippedCheckpoint("tiny", "codeenhance_tiny.pth", "551812eeac32c06f068309b3852dcfed5864b86310a888427646a37173a6057a"),
 }
 
 

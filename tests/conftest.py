@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ def need_triton_server() -> None:
         find_server()
     except ServeError as e:
         pytest.skip(f"no Triton server: {e}")
+
+
+def default_sigint() -> None:
+    """Popen's preexec_fn for the Ctrl-C tests: SIGINT at its default disposition in the child. A shell without job
+    control starts background jobs with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so a suite started that way (`pytest ... &`) would send Ctrl-C to processes that
+    rightly ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def need(path: Path, what: str) -> Path:

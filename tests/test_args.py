@@ -17,6 +17,7 @@ import pytest
 from contract import cli as common
 from contract.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, BackendError, BadArtifactError, InputError,
                              MissingDependency, NotFaithfulError)
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ["codeenhance.demo", "codeenhance.train", "export.onnx", "export.check", "export.precision", "export.openvino",
@@ -216,7 +217,7 @@ def test_ctrl_c_on_a_real_process_exits_130(tmp_path):
         sys.exit(main())
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=default_sigint)
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)

@@ -20,6 +20,7 @@ from export import check as export_check
 from export import precision as export_precision
 from runtime import Enhancer
 from runtime.cli import main
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +223,8 @@ def test_ctrl_c_prints_the_summary_and_exits_130(tmp_path, tiny_ckpt):
         png(folder / f"{i:02d}.png", noise((160, 160, 3), seed=i))
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "runtime", str(folder), "-o", str(out), "--model", str(tiny_ckpt)],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
         assert process.poll() is None and time.monotonic() < deadline, "no output before the interrupt"

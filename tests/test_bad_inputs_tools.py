@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +183,7 @@ def test_latency_out_naming_a_file(files):
 def test_ctrl_c_exits_130_and_leaves_nothing(files, command):
     before = set(snapshot(files))
     proc = subprocess.Popen([sys.executable, "-m", *[c.format(d=files) for c in command]], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         time.sleep(2.5)  # past the imports, into the work (both take far longer than this here)
         if proc.poll() is not None:

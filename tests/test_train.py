@@ -16,6 +16,7 @@ import torch
 
 from codeenhance import TINY, load_model
 from codeenhance.degrade import STRENGTHS, degrade
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--preset", "tiny", "--crop", "64", "--batch", "2", "--threads", "1", "--holdout", "0"]
@@ -72,7 +73,7 @@ def test_ctrl_c_saves_and_resume_continues(photos, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "codeenhance.train", "--photos", str(photos), "--out", str(run), *FAST,
            "--iters", "1000000,5", "--log-every", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while not (run / "train_log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:

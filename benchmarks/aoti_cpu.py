@@ -70,14 +70,13 @@ def peak_rss_child(name: str, args) -> dict:
 
 def fidelity_against_torch(backends: dict, folder: str, size) -> str:
     """The package against eager torch on real photos at the bucket's size: one summary line."""
-    from export.fidelity import compare_image, summarize
+    from export.fidelity import compare_image, summarize, to_nchw
 
     h, w = size
+    ones = np.ones(1, np.float32)
     rows = []
     for path in list_images(folder):
-        rgb = cv2.resize(load_rgb(path), (w, h), interpolation=cv2.INTER_AREA)
-        x = np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
-        ones = np.ones(1, np.float32)
+        x = to_nchw(cv2.resize(load_rgb(path), (w, h), interpolation=cv2.INTER_AREA))
         rows.append(compare_image(backends["aoti"].infer(x, ones, ones).enhanced, backends["torch"].infer(x, ones, ones).enhanced))
     s = summarize(rows)
     return (f"aoti vs eager torch on {s['images']} photos from {folder} resized to {h}x{w}: PSNR mean "

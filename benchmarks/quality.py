@@ -140,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         # The photos themselves, not darkened: how well the network reproduces a photo bounds what it can do with
         # a mildly dark one (a global curve undoes mild darkening almost exactly).
         clean = [run_network(trained, rgb) for _, rgb in photos]
-        results["held-out"]["clean"] = {"psnr": float(np.mean([psnr(o, g) for o, (_, g) in zip(clean, photos)])),
-                                        "ssim": float(np.mean([ssim(o, g) for o, (_, g) in zip(clean, photos)]))}
-        report += [f"The same photos not darkened, through the trained network: {results['held-out']['clean']['psnr']:.2f} dB / "
-                   f"{results['held-out']['clean']['ssim']:.3f} (what it can reproduce bounds the mild column).", ""]
+        results["held-out, not darkened"] = reproduced = {
+            "psnr": float(np.mean([psnr(o, g) for o, (_, g) in zip(clean, photos)])),
+            "ssim": float(np.mean([ssim(o, g) for o, (_, g) in zip(clean, photos)]))}
+        report += [f"The same photos not darkened, through the trained network: {reproduced['psnr']:.2f} dB / "
+                   f"{reproduced['ssim']:.3f} (what it can reproduce bounds the mild column).", ""]
         report += ["Held out: " + ", ".join(names), ""]
     samples = [(q.name, load_rgb(q, args.max_side)) for q in list_images(args.samples)] if args.samples else []
     if samples:

@@ -9,19 +9,22 @@
 # that machine has only its CPU build (its CPU figures are measured here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout is not installed on the GPU machine
+py="${PYTHON:-python3}"  # there, python3 is the interpreter that holds torch
 phase="${1:-eager}"
 out="${2:-${OUT:-benchmarks/results/gpu}}"
 # ../shared does not travel to the GPU machine: copy the photos into an ignored folder, carry it, set IMAGES.
-photos="${IMAGES:-../shared/data/lowlight}"
+photos="${IMAGES:-.gpu_data/lowlight}"  # the folder gpu_train.sh's set-up fills (it is carried)
+[ -d "$photos" ] || photos=../shared/data/lowlight
 images=()
 [ -d "$photos" ] && images=(--images "$photos")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee /dev/stderr >/dev/null
 if [ "$phase" = aoti ]; then
-  python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
+  "$py" benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
     --backends torch,aoti,aoti-fp16 "${images[@]}" --out "$out-aoti"
-  python -m pytest -q tests/test_aoti.py -k "cuda or fp16"
+  "$py" -m pytest -q tests/test_aoti.py -k "cuda or fp16"
 else
-  python benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
+  "$py" benchmarks/latency.py --device cuda --sizes 256x256,720p,1080p --iters 10 --warmup 2 \
     --backends torch,torch-tf32,torch-fp16,torch-fp16-lean,torch-fp16-lean-graphs "${images[@]}" --out "$out"
-  python -m pytest -q tests/test_runtime.py -k "cuda or fp16"
+  "$py" -m pytest -q tests/test_runtime.py -k "cuda or fp16"
 fi

@@ -199,7 +199,7 @@ def load_reference_encoder(path, config: CodeEnhanceConfig) -> Encoder:
 
 
 def official_state_dict(model: CodeEnhance) -> dict[str, torch.Tensor]:
-    return {to_official_name(k): v.detach().clone() for k, v in model.state_dict().items()}
+    return {to_official_name(k): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def atomic_write(path: str | os.PathLike, write, overwrite: bool = False) -> Path:

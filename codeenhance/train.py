@@ -2,7 +2,8 @@
 
 Low-light inputs are made from the photos by codeenhance.degrade. Stage 1 learns the codebook (a VQ autoencoder
 of the photos), stage 2 the enhancement (see codeenhance/training.py). Schedules follow time (--minutes) or
-steps (--iters, bit-for-bit reproducible for a seed and thread count). RUN/ gets net_g_latest.pth (official
+steps (--iters, bit-for-bit reproducible on the CPU for a seed and thread count). --device cuda trains on a GPU,
+with --workers processes making the batches ahead. RUN/ gets net_g_latest.pth (official
 BasicSR format: load_model reads it) and training_state.pth at every --save-every interval, written atomically,
 stage1.pth when stage 1 ends, and train_log.jsonl. Ctrl-C saves and exits 130; --resume continues.
 """
@@ -89,6 +90,26 @@ def sample_batch(images, rng: np.random.Generator, batch: int, crop: int, dark: 
     return to_t(hq), (to_t(lq) if dark else None)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Batch number ``(stage, step)`` of a run: a pure function of the seed, so worker processes can make batches
+    ahead of the training loop and a run stays the same whatever --workers is."""
+
+    def __init__(self, images, seed: int, batch: int, crop: int):
+        self.images, self.seed, self.batch, self.crop = images, seed, batch, crop
+
+    def __getitem__(self, key: tuple[int, int]):
+        stage, step = key
+        rng = np.random.default_rng([self.seed, stage, step])
+        return sample_batch(self.images, rng, self.batch, self.crop, dark=stage == 2)
+
+
+def quiet_worker(_: int) -> None:
+    """A batch worker leaves Ctrl-C to the training process, which saves the run (a worker that took it would exit,
+    and a step still waiting for its batch would fail); it uses one OpenCV thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+
+
 @dataclass
 class RunState:
     """What --resume needs beside the weights."""
@@ -107,7 +128,8 @@ class Trainer:
         self.config = PRESETS[args.preset]
         self.weights = LossWeights()
         self.stop_requested = False
-        self.model = random_model(self.config, args.seed)
+        self.device = torch.device(args.device)
+        self.model = random_model(self.config, args.seed).to(self.device)
         self.state = RunState(usage=[0] * self.config.codebook_size)
         self.teacher: CodeEnhance | None = None
         saved_optimizer = self.resume() if args.resume else None
@@ -133,7 +155,7 @@ class Trainer:
         if not path.exists():
             raise InputError(f"--resume: {path} not found; start a new run without --resume")
         try:
-            saved = torch.load(path, weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True)  # the optimizer moves its state to the params
             self.state, optimizer = RunState(**saved["state"]), saved["optimizer"]
         except Exception as e:  # unpickling (an older run's state), a truncated file, missing or unknown fields
             raise BadArtifactError(
@@ -150,7 +172,7 @@ class Trainer:
         model.load_state_dict({from_official_name(k): v for k, v in read_state_dict(path).items()})
 
     def frozen_copy_of(self, path: Path) -> CodeEnhance:
-        teacher = random_model(self.config, self.args.seed)
+        teacher = random_model(self.config, self.args.seed).to(self.device)
         self.load_weights(teacher, path)
         return teacher.eval().requires_grad_(False)
 
@@ -181,9 +203,16 @@ class Trainer:
     def generator(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.stage * 10_007 + self.state.step * 7 + salt)
 
-    def batch(self):
-        rng = np.random.default_rng([self.args.seed, self.state.stage, self.state.step])
-        return sample_batch(self.images, rng, self.args.batch, self.args.crop, dark=self.state.stage == 2)
+    def batches(self):
+        """The stage's batches from the current step on, made ahead by --workers processes (in order)."""
+        from itertools import count
+
+        a, stage = self.args, self.state.stage
+        return iter(torch.utils.data.DataLoader(
+            StepBatches(self.images, a.seed, a.batch, a.crop), batch_size=None,
+            sampler=((stage, step) for step in count(self.state.step)), num_workers=a.workers,
+            worker_init_fn=quiet_worker if a.workers else None, prefetch_factor=4 if a.workers else None,
+            pin_memory=self.device.type == "cuda"))
 
     def init_codebook(self) -> None:
         with torch.no_grad():
@@ -191,15 +220,16 @@ class Trainer:
             for salt in range(KMEANS_BATCHES):
                 rng = np.random.default_rng([self.args.seed, 0, salt])
                 hq, _ = sample_batch(self.images, rng, self.args.batch, self.args.crop, dark=False)
-                feats.append(flat(encode(self.model, hq)[2]))
+                feats.append(flat(encode(self.model, hq.to(self.device))[2]))
             centers = kmeans(torch.cat(feats), self.config.codebook_size, 20, self.generator(1))
             self.model.quantizer.embedding.weight.copy_(centers - self.model.quantizer.shift_codebook)
         self.state.kmeans_done = True
 
-    def step(self) -> dict[str, float]:
+    def step(self, hq: torch.Tensor, lq: torch.Tensor | None) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        hq, lq = self.batch()
+        hq = hq.to(self.device, non_blocking=True)
+        lq = None if lq is None else lq.to(self.device, non_blocking=True)
         stats = {}
         if self.state.stage == 1:
             quantize = self.progress() >= self.args.warmup
@@ -207,7 +237,7 @@ class Trainer:
                 self.init_codebook()
             losses, codes, features = stage1_step(self.model, hq, self.weights, quantize)
             if codes is not None:
-                usage = torch.tensor(self.state.usage) + torch.bincount(codes, minlength=self.config.codebook_size)
+                usage = torch.tensor(self.state.usage) + torch.bincount(codes, minlength=self.config.codebook_size).cpu()
                 self.state.usage = usage.tolist()
                 stats["codes_used"] = int((usage > 0).sum())
         else:
@@ -261,9 +291,10 @@ class Trainer:
             bar = tqdm(total=int(total), desc=f"stage {self.state.stage}/2", unit="it" if kind == "iters" else "s",
                        dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
             sums, count, last_save = {}, 0, time.monotonic()
+            batches = self.batches()
             while self.progress() < 1.0 and not self.stop_requested:
                 t0 = time.monotonic()
-                result = self.step()
+                result = self.step(*next(batches))
                 self.state.elapsed += time.monotonic() - t0
                 for k, v in result.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -278,6 +309,7 @@ class Trainer:
                     self.save()
                     last_save = time.monotonic()
             bar.close()
+            del batches  # stops the stage's batch workers
             if self.stop_requested:
                 self.save()
                 return False
@@ -311,6 +343,12 @@ def parse_args(argv: list[str]):
     p.add_argument("--holdout", type=int, default=10, help="photos kept out for evaluation, spread over the sorted names")
     p.add_argument("--seed", type=int, default=0)
     common.add_threads(p, default=torch.get_num_threads())
+    common.add_device(p, choices=("cpu", "cuda"), default="cpu", help="where the network trains (default cpu). "
+                      "On cpu a run is bit-for-bit reproducible for a seed and --threads; on cuda it is not (atomic "
+                      "adds in some backward kernels), and TF32 matmuls are on")
+    p.add_argument("--workers", type=int, default=0, help="processes that make batches ahead of the training step "
+                   "(default 0: the training process makes them); a GPU run wants several. Batches are the same "
+                   "whatever the number")
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints (default 5)")
     p.add_argument("--log-every", type=int, default=25, help="steps between train_log.jsonl lines (default 25)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -342,7 +380,7 @@ def parse_args(argv: list[str]):
     for flag, value, ok in (("--crop", args.crop, args.crop >= PAD_MULTIPLE and args.crop % PAD_MULTIPLE == 0),
                             ("--batch", args.batch, args.batch >= 1),
                             ("--lr", args.lr, 0 < args.lr < 1), ("--warmup", args.warmup, 0 <= args.warmup < 1),
-                            ("--save-every", args.save_every, args.save_every > 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):
+                            ("--save-every", args.save_every, args.save_every > 0), ("--workers", args.workers, args.workers >= 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):
         if not ok:
             p.error(f"{flag} {value} is out of range (see --help)")
     return args
@@ -369,9 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
-    torch.use_deterministic_algorithms(True)
     run = Path(args.out)
     try:
+        if args.device == "cuda":
+            if not torch.cuda.is_available():
+                raise InputError(f"--device cuda: this torch ({torch.__version__}) sees no usable CUDA GPU; train "
+                                 "with --device cpu, or on a machine with a GPU and a CUDA build of torch")
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        else:
+            torch.use_deterministic_algorithms(True)
         if run.exists() and not run.is_dir():
             raise InputError(f"--out {run} is a file; give a folder for the run")
         if not args.resume and (run / "training_state.pth").exists():

@@ -143,7 +143,8 @@ def restart_dead_codes(quantizer: nn.Module, usage: torch.Tensor, features: torc
     dead = (usage == 0).nonzero().flatten()
     if len(dead):
         pick = features[torch.randint(0, features.shape[0], (len(dead),), generator=generator)]
-        noise = torch.randn(pick.shape, generator=generator) * pick.std() * 0.01
+        noise = torch.randn(pick.shape, generator=generator).to(pick.device) * pick.std() * 0.01
+        dead = dead.to(pick.device)
         with torch.no_grad():
             quantizer.embedding.weight[dead] = pick + noise - quantizer.shift_codebook[dead]
     return len(dead)

@@ -2,7 +2,9 @@
 reproducible for a seed, Ctrl-C saves and exits 130, --resume continues, bad photos are listed and skipped."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -59,31 +61,42 @@ def test_training_loads_lowers_losses_and_skips_bad_photos(photos, tmp_path):
     assert out.shape == (1, 3, 40, 56) and torch.isfinite(out).all()
 
 
-def test_same_seed_same_weights(photos, tmp_path):
+def test_same_seed_same_weights_whatever_the_batch_workers(photos, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    for run in (a, b):
-        r = train(photos, run, "--iters", "4,3", "--warmup", "0.5")
+    for run, workers in ((a, "0"), (b, "2")):  # batches made in the loop, then ahead by two worker processes
+        r = train(photos, run, "--iters", "4,3", "--warmup", "0.5", "--workers", workers)
         assert r.returncode == 0, r.stderr[-2000:]
     wa = torch.load(a / "net_g_latest.pth", weights_only=True)["params"]
     wb = torch.load(b / "net_g_latest.pth", weights_only=True)["params"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_ctrl_c_saves_and_resume_continues(photos, tmp_path):
+def own_group_default_sigint() -> None:
+    os.setpgrp()
+    default_sigint()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_saves_and_resume_continues(photos, tmp_path, workers):
+    """With batch workers, Ctrl-C reaches the whole process group, as a terminal sends it: the workers must leave
+    it to the training process, which saves the run."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "codeenhance.train", "--photos", str(photos), "--out", str(run), *FAST,
-           "--iters", "1000000,5", "--log-every", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+           "--iters", "1000000,5", "--log-every", "2", "--workers", workers]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=own_group_default_sigint)
     try:
         deadline = time.monotonic() + 120
         while not (run / "train_log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert (run / "train_log.jsonl").exists(), "training never logged a step"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
     assert "--resume" in err
     state = torch.load(run / "training_state.pth", weights_only=True)["state"]
     stopped_at = state["step"]
@@ -99,11 +112,31 @@ def test_ctrl_c_saves_and_resume_continues(photos, tmp_path):
     assert steps.count((1, 2)) == 1  # continued, not restarted
 
 
-@pytest.mark.parametrize("bad", [["--crop", "100"], ["--iters", "5"], ["--minutes", "nan"], ["--lr", "0"]])
+@pytest.mark.parametrize("bad", [["--crop", "100"], ["--iters", "5"], ["--minutes", "nan"], ["--lr", "0"],
+                                 ["--workers", "-1"]])
 def test_bad_flags_exit_2(photos, tmp_path, bad):
     r = train(photos, tmp_path / "run", *(bad if "--iters" in bad or "--minutes" in bad else [*bad, "--iters", "1,1"]))
     assert r.returncode == 2 and "error" in r.stderr.lower()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the refusal is for machines without it")
+def test_cuda_without_a_gpu_exit_2(photos, tmp_path):
+    r = train(photos, tmp_path / "run", "--iters", "1,1", "--device", "cuda")
+    assert r.returncode == 2 and "--device cuda" in r.stderr and "--device cpu" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the lent GPU machine)")
+def test_cuda_training_writes_a_checkpoint_that_loads_on_cpu(photos, tmp_path):
+    run = tmp_path / "run"
+    r = train(photos, run, "--iters", "6,4", "--warmup", "0.5", "--device", "cuda", "--workers", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_model(run / "net_g_latest.pth")  # on the CPU
+    assert next(model.parameters()).device.type == "cpu"
+    r = train(photos, run, "--iters", "6,6", "--device", "cuda", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.load(run / "training_state.pth", weights_only=True, map_location="cpu")["state"]["step"] == 6
 
 
 def test_photos_folder_without_images_exit_2(tmp_path):

@@ -204,3 +204,16 @@ def test_resume_refuses_a_state_it_cannot_read(photos, tmp_path, state):
     r = train(photos, run, "--iters", "4,0", "--resume")
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"{path} cannot be read" in r.stderr and "--stage1" in r.stderr and "bug" not in r.stderr
+
+
+def test_quality_splits_an_error_into_tone_and_detail():
+    from benchmarks.quality import tone_and_detail_psnr
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.2, 0.8, (96, 96, 3)).astype(np.float32)
+    brighter = truth + 0.05  # a pure tone error: no detail error at all
+    tone, detail = tone_and_detail_psnr(brighter, truth)
+    assert abs(tone - 26.02) < 0.1 and detail > 60
+    noisy = truth + rng.normal(0, 0.05, truth.shape).astype(np.float32)  # white noise: almost all detail
+    tone, detail = tone_and_detail_psnr(noisy, truth)
+    assert detail < 27 and tone > detail + 15

@@ -7,7 +7,7 @@ sample photos the same way, and real low-light photos (LIME/MEF: no ground truth
         --out benchmarks/results/cpu-2core/quality.md --picture docs/before_after.png
 
 The held-out names come from the checkpoint's training record (``meta.holdout``), or --holdout N picks them as
-training does. Needs the [train] extra (pytorch-msssim).
+training does. The SSIM is export.fidelity.ssim, the one of every fidelity report.
 """
 from __future__ import annotations
 
@@ -25,22 +25,17 @@ from codeenhance.degrade import STRENGTHS, degrade
 from codeenhance.train import holdout_names
 from contract import cli as common
 from contract.images import fit_max_side, list_images, load_rgb
-from export.fidelity import psnr
+from export.fidelity import psnr, ssim  # the SSIM of every fidelity report (agrees with training's pytorch-msssim)
 
 REPO = Path(__file__).resolve().parents[1]
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 BASELINE = "tuned global gamma + gain"  # tuned per strength: it knows the exposure, the network does not
 ONE_CURVE = "one gamma + gain for both strengths"
+AUTO_EXPOSURE = "auto exposure (blind gain per photo)"
+AUTO_EXPOSURE_LUMA = 0.45  # the mean luminance a blind gain aims for: about the training photos' mean (0.456)
 TONE_SIGMA = 4.0  # px: error at scales above this is "tone" (brightness, colour, contrast), the rest "detail"
 GAMMAS = np.linspace(0.2, 1.2, 41)
 GAINS = np.geomspace(0.5, 6.0, 41)
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from pytorch_msssim import ssim as ssim_torch
-
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # noqa: E731
-    return float(ssim_torch(t(a), t(b), data_range=1.0))
 
 
 def run_network(model, rgb: np.ndarray) -> np.ndarray:
@@ -54,6 +49,11 @@ def tone_and_detail_psnr(out: np.ndarray, truth: np.ndarray) -> tuple[float, flo
     error = (out - truth).astype(np.float32)
     low = cv2.GaussianBlur(error, (0, 0), TONE_SIGMA)
     return psnr(truth + low, truth), psnr(truth + error - low, truth)
+
+
+def auto_exposure(dark: np.ndarray) -> np.ndarray:
+    """A global gain that brings the photo's mean luminance to AUTO_EXPOSURE_LUMA: knows nothing of the exposure."""
+    return np.clip(dark * (AUTO_EXPOSURE_LUMA / max(float(np.mean(dark @ LUMA)), 1e-4)), 0, 1)
 
 
 def tuned_global_curve(pairs) -> tuple[float, float]:
@@ -73,7 +73,8 @@ def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> d
     for strength, ps in pairs.items():
         gamma, gain = tuned_global_curve(ps)
         outputs = {"input": [d for d, _ in ps], BASELINE: [np.clip(gain * d ** gamma, 0, 1) for d, _ in ps],
-                   ONE_CURVE: [np.clip(one_gain * d ** one_gamma, 0, 1) for d, _ in ps]}
+                   ONE_CURVE: [np.clip(one_gain * d ** one_gamma, 0, 1) for d, _ in ps],
+                   AUTO_EXPOSURE: [auto_exposure(d) for d, _ in ps]}
         for name, model in models.items():
             outputs[name] = [run_network(model, d) for d, _ in ps]
         table[strength] = {}

@@ -217,3 +217,19 @@ def test_quality_splits_an_error_into_tone_and_detail():
     noisy = truth + rng.normal(0, 0.05, truth.shape).astype(np.float32)  # white noise: almost all detail
     tone, detail = tone_and_detail_psnr(noisy, truth)
     assert detail < 27 and tone > detail + 15
+
+
+def test_training_ssim_is_the_ssim_of_the_reports():
+    """Training's loss needs a differentiable SSIM (pytorch-msssim); every report uses export.fidelity.ssim
+    (torch-free). They must be one definition: same window, sigma, constants and valid region."""
+    import cv2
+    from pytorch_msssim import ssim as loss_ssim
+
+    from export.fidelity import ssim
+
+    rng = np.random.default_rng(1)
+    truth = cv2.GaussianBlur(rng.uniform(0, 1, (80, 120, 3)).astype(np.float32), (0, 0), 2)
+    for noise in (0.01, 0.1):
+        out = np.clip(truth + rng.normal(0, noise, truth.shape), 0, 1).astype(np.float32)
+        as_t = lambda x: torch.from_numpy(x.transpose(2, 0, 1).copy())[None]  # noqa: E731
+        assert abs(float(loss_ssim(as_t(out), as_t(truth), data_range=1.0)) - ssim(out, truth)) < 1e-4

@@ -91,6 +91,21 @@ def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> d
     return table
 
 
+def exposure_sweep(photos: list[tuple[str, np.ndarray]], model, exposures: list[float], seed: int) -> dict:
+    """{exposure: PSNR of the trained network, of the curve tuned to that exposure, of the blind gain} over the
+    photos: where the network starts to beat a curve that knows the exposure."""
+    rows = {}
+    for k, exposure in enumerate(exposures):
+        pairs = [(degrade(rgb, np.random.default_rng([seed, 1000 + k, i]), exposure=exposure), rgb)
+                 for i, (_, rgb) in enumerate(photos)]
+        gamma, gain = tuned_global_curve(pairs)
+        rows[f"{exposure:g}"] = {
+            "trained network": float(np.mean([psnr(run_network(model, d), g) for d, g in pairs])),
+            BASELINE: float(np.mean([psnr(np.clip(gain * d ** gamma, 0, 1), g) for d, g in pairs])),
+            AUTO_EXPOSURE: float(np.mean([psnr(auto_exposure(d), g) for d, g in pairs]))}
+    return rows
+
+
 def markdown(title: str, table: dict, count: int) -> list[str]:
     lines = [f"### {title} ({count} photos)", "", "| method | " + " | ".join(f"{s} (x{STRENGTHS[s]:g}) PSNR / SSIM / mean luma" for s in STRENGTHS) + " |",
              "|---|" + "---|" * len(STRENGTHS)]
@@ -139,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lowlight", help="folder of real low-light photos (LIME/MEF)")
     p.add_argument("--max-side", type=common.int_in(32), default=512, help="photos are downscaled to this long side (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradation draws")
+    p.add_argument("--sweep", type=common.finite_float(0, 1, low_open=True), nargs="+", metavar="EXPOSURE",
+                   help="also PSNR of the held-out photos against these exposures, e.g. 0.03 0.05 0.1 0.2 0.35 0.5")
     common.add_threads(p, default=torch.get_num_threads())
     common.add_output(p, required=False, help="write the markdown report here (and its .json beside it)", overwrite_help=None)
     p.add_argument("--picture", help="write the before/after picture of the sample photos here (PNG)")
@@ -169,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         report += [f"The same photos not darkened, through the trained network: {reproduced['psnr']:.2f} dB / "
                    f"{reproduced['ssim']:.3f} (exposure x1, outside the training range x0.03-x0.5).", ""]
         report += ["Held out: " + ", ".join(names), ""]
+        if args.sweep:
+            results["sweep"] = sweep = exposure_sweep(photos, trained, sorted(args.sweep), args.seed)
+            report += [f"### Held-out photos against exposure ({len(photos)} photos; PSNR)", "",
+                       "| exposure | " + " | ".join(next(iter(sweep.values()))) + " |", "|---|---|---|---|"]
+            report += [f"| x{e} | " + " | ".join(f"{v:.2f} dB" for v in row.values()) + " |" for e, row in sweep.items()]
+            report.append("")
     samples = [(q.name, load_rgb(q, args.max_side)) for q in list_images(args.samples)] if args.samples else []
     if samples:
         results["samples"] = evaluate(samples, models, args.seed + 1)

@@ -17,7 +17,7 @@ run() { local name=$1; shift; echo "== $name: $*"; { echo '```'; echo "$*"; echo
 
 python -m codeenhance.demo --out "$art/random.pth" --untrained --preset tiny --overwrite >/dev/null
 run quality python benchmarks/quality.py --ckpt "$ckpt" --photos "$photos" --lowlight "$lowlight" \
-    --out "$art/quality_report.md" --picture "$art/before_after.png" --lowlight-picture "$art/lowlight.png"
+    --sweep 0.03 0.05 0.1 0.2 0.35 0.5 --out "$art/quality_report.md" --picture "$art/before_after.png" --lowlight-picture "$art/lowlight.png"
 run near_ties python benchmarks/near_ties.py --ckpt "trained=$ckpt" --ckpt "random=$art/random.pth" --images "$lowlight"
 python -m export.onnx --ckpt "$ckpt" --out "$art/codes.onnx" --with-codes --overwrite > "$art/export.log" 2>&1
 python -m export.precision "$art/codes.onnx" --out "$art/fp16.onnx" --calib "$lowlight" --overwrite > "$art/precision.log" 2>&1 || true

@@ -346,7 +346,7 @@ def parse_args(argv: list[str]):
     common.add_device(p, choices=("cpu", "cuda"), default="cpu", help="where the network trains (default cpu). "
                       "On cpu a run is bit-for-bit reproducible for a seed and --threads; on cuda it is not (atomic "
                       "adds in some backward kernels), and TF32 matmuls are on")
-    p.add_argument("--workers", type=int, default=0, help="processes that make batches ahead of the training step "
+    p.add_argument("--workers", type=common.non_negative_int, default=0, help="processes that make batches ahead of the training step "
                    "(default 0: the training process makes them); a GPU run wants several. Batches are the same "
                    "whatever the number")
     p.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints (default 5)")
@@ -380,7 +380,7 @@ def parse_args(argv: list[str]):
     for flag, value, ok in (("--crop", args.crop, args.crop >= PAD_MULTIPLE and args.crop % PAD_MULTIPLE == 0),
                             ("--batch", args.batch, args.batch >= 1),
                             ("--lr", args.lr, 0 < args.lr < 1), ("--warmup", args.warmup, 0 <= args.warmup < 1),
-                            ("--save-every", args.save_every, args.save_every > 0), ("--workers", args.workers, args.workers >= 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):
+                            ("--save-every", args.save_every, args.save_every > 0), ("--log-every", args.log_every, args.log_every >= 1), ("--holdout", args.holdout, args.holdout >= 0)):
         if not ok:
             p.error(f"{flag} {value} is out of range (see --help)")
     return args

@@ -29,7 +29,7 @@ class ShippedCheckpoint:
 
 #: preset -> its trained checkpoint. A preset not listed has no trained weights (the demo writes random ones).
 SHIPPED: dict[str, ShippedCheckpoint] = {
-    "tiny": ShippedCheckpoint("tiny", "codeenhance_tiny.pth", "551812eeac32c06f068309b3852dcfed5864b86310a888427646a37173a6057a"),
+    "tiny": ShippedCheckpoint("tiny", "codeenhance_tiny.pth", "72bf4e8ad665bd123698d52dc2ccad4349f2f5de664781e71db54dd09cc1888a"),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 from codeenhance import load_model
 from codeenhance.checkpoint import random_model
 from codeenhance.degrade import STRENGTHS, TRAINING, degrade
-from codeenhance.train import holdout_names
+from codeenhance.batches import holdout_names
 from contract import cli as common
 from contract.images import fit_max_side, list_images, load_rgb
 from export.fidelity import psnr, ssim  # the SSIM of every fidelity report (agrees with training's pytorch-msssim)

@@ -25,7 +25,7 @@ from codeenhance.degrade import STRENGTHS, TRAINING, degrade
 from codeenhance.batches import holdout_names
 from contract import cli as common
 from contract.images import fit_max_side, list_images, load_rgb
-from export.fidelity import psnr, ssim  # the SSIM of every fidelity report (agrees with training's pytorch-msssim)
+from export.fidelity import psnr, ssim, to_nchw  # the SSIM of every fidelity report (agrees with training's pytorch-msssim)
 
 REPO = Path(__file__).resolve().parents[1]
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -39,8 +39,17 @@ GAINS = np.geomspace(0.5, 6.0, 41)
 
 
 def run_network(model, rgb: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    x = torch.from_numpy(to_nchw(rgb))
     return model.enhance(x)[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+
+
+def darkened(photos: list[tuple[str, np.ndarray]], exposure: float, *key: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(dark, photo) pairs: each photo through the training degradation at ``exposure``, photo i seeded [*key, i]."""
+    return [(degrade(rgb, np.random.default_rng([*key, i]), exposure=exposure), rgb) for i, (_, rgb) in enumerate(photos)]
+
+
+def global_curve(dark: np.ndarray, gamma: float, gain: float) -> np.ndarray:
+    return np.clip(gain * dark ** gamma, 0, 1)
 
 
 def tone_and_detail_psnr(out: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -60,20 +69,19 @@ def tuned_global_curve(pairs) -> tuple[float, float]:
     """The single (gamma, gain) that maximises the mean PSNR of clip(gain * x**gamma) over the pairs."""
     small = [(fit_max_side(d, 128), fit_max_side(g, 128)) for d, g in pairs]
     best = max(((gm, gn) for gm in GAMMAS for gn in GAINS),
-               key=lambda p: np.mean([psnr(np.clip(p[1] * d ** p[0], 0, 1), g) for d, g in small]))
+               key=lambda p: np.mean([psnr(global_curve(d, *p), g) for d, g in small]))
     return float(best[0]), float(best[1])
 
 
 def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> dict:
     """{strength: {method: {psnr, ssim, luminance}} + the tuned curve} over the photos."""
     table = {}
-    pairs = {strength: [(degrade(rgb, np.random.default_rng([seed, i]), exposure=exposure), rgb)
-                        for i, (_, rgb) in enumerate(photos)] for strength, exposure in STRENGTHS.items()}
+    pairs = {strength: darkened(photos, exposure, seed) for strength, exposure in STRENGTHS.items()}
     one_gamma, one_gain = tuned_global_curve([p for ps in pairs.values() for p in ps])
     for strength, ps in pairs.items():
         gamma, gain = tuned_global_curve(ps)
-        outputs = {"input": [d for d, _ in ps], BASELINE: [np.clip(gain * d ** gamma, 0, 1) for d, _ in ps],
-                   ONE_CURVE: [np.clip(one_gain * d ** one_gamma, 0, 1) for d, _ in ps],
+        outputs = {"input": [d for d, _ in ps], BASELINE: [global_curve(d, gamma, gain) for d, _ in ps],
+                   ONE_CURVE: [global_curve(d, one_gamma, one_gain) for d, _ in ps],
                    AUTO_EXPOSURE: [auto_exposure(d) for d, _ in ps]}
         for name, model in models.items():
             outputs[name] = [run_network(model, d) for d, _ in ps]
@@ -96,12 +104,11 @@ def exposure_sweep(photos: list[tuple[str, np.ndarray]], model, exposures: list[
     photos: where the network starts to beat a curve that knows the exposure."""
     rows = {}
     for k, exposure in enumerate(exposures):
-        pairs = [(degrade(rgb, np.random.default_rng([seed, 1000 + k, i]), exposure=exposure), rgb)
-                 for i, (_, rgb) in enumerate(photos)]
+        pairs = darkened(photos, exposure, seed, 1000 + k)
         gamma, gain = tuned_global_curve(pairs)
         rows[f"{exposure:g}"] = {
             "trained network": float(np.mean([psnr(run_network(model, d), g) for d, g in pairs])),
-            BASELINE: float(np.mean([psnr(np.clip(gain * d ** gamma, 0, 1), g) for d, g in pairs])),
+            BASELINE: float(np.mean([psnr(global_curve(d, gamma, gain), g) for d, g in pairs])),
             AUTO_EXPOSURE: float(np.mean([psnr(auto_exposure(d), g) for d, g in pairs]))}
     return rows
 
@@ -190,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             results["sweep"] = sweep = exposure_sweep(photos, trained, sorted(args.sweep), args.seed)
             report += [f"### Held-out photos against exposure ({len(photos)} photos; PSNR)", "",
-                       "| exposure | " + " | ".join(next(iter(sweep.values()))) + " |", "|---|---|---|---|"]
+                       "| exposure | " + " | ".join(methods := list(next(iter(sweep.values())))) + " |",
+                       "|---|" + "---|" * len(methods)]
             report += [f"| x{e} | " + " | ".join(f"{v:.2f} dB" for v in row.values()) + " |" for e, row in sweep.items()]
             report.append("")
     samples = [(q.name, load_rgb(q, args.max_side)) for q in list_images(args.samples)] if args.samples else []

@@ -69,7 +69,8 @@ def sample_batch(images, rng: np.random.Generator, batch: int, crop: int, dark: 
 
 class StepBatches(torch.utils.data.Dataset):
     """Batch number ``(stage, step)`` of a run: a pure function of the seed, so worker processes can make batches
-    ahead of the training loop and a run stays the same whatever --workers is."""
+    ahead of the training loop and a run stays the same whatever --workers is. Stage 2's batches carry low-light
+    copies; stage 0 holds the k-means initialisation's batches."""
 
     def __init__(self, images, seed: int, batch: int, crop: int):
         self.images, self.seed, self.batch, self.crop = images, seed, batch, crop

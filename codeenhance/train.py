@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 from contract.graph import PAD_MULTIPLE
 from contract import cli as common
 from contract.errors import EXIT_INTERRUPTED, EXIT_USAGE, BadArtifactError, InputError, ToolkitError
 
-from .batches import StepBatches, load_photos, quiet_worker, sample_batch
+from .batches import StepBatches, load_photos, quiet_worker
 from .checkpoint import atomic_torch_save, from_official_name, official_state_dict, random_model, read_state_dict
 from .config import PRESETS
 from .network import CodeEnhance
@@ -50,10 +49,11 @@ class RunState:
 
 class Trainer:
     def __init__(self, args, images, holdout, run: Path):
-        self.args, self.images, self.holdout, self.run = args, images, holdout, run
+        self.args, self.holdout, self.run = args, holdout, run
         self.config = PRESETS[args.preset]
         self.weights = LossWeights()
         self.stop_requested = False
+        self.batch_source = StepBatches(images, args.seed, args.batch, args.crop)
         self.device = torch.device(args.device)
         self.model = random_model(self.config, args.seed).to(self.device)
         self.state = RunState(usage=[0] * self.config.codebook_size)
@@ -135,7 +135,7 @@ class Trainer:
 
         a, stage = self.args, self.state.stage
         return iter(torch.utils.data.DataLoader(
-            StepBatches(self.images, a.seed, a.batch, a.crop), batch_size=None,
+            self.batch_source, batch_size=None,
             sampler=((stage, step) for step in count(self.state.step)), num_workers=a.workers,
             worker_init_fn=quiet_worker if a.workers else None, prefetch_factor=4 if a.workers else None,
             pin_memory=self.device.type == "cuda"))
@@ -144,8 +144,7 @@ class Trainer:
         with torch.no_grad():
             feats = []
             for salt in range(KMEANS_BATCHES):
-                rng = np.random.default_rng([self.args.seed, 0, salt])
-                hq, _ = sample_batch(self.images, rng, self.args.batch, self.args.crop, dark=False)
+                hq, _ = self.batch_source[(0, salt)]  # "stage 0": photos only, apart from every training batch
                 feats.append(flat(encode(self.model, hq.to(self.device))[2]))
             centers = kmeans(torch.cat(feats), self.config.codebook_size, 20, self.generator(1))
             self.model.quantizer.embedding.weight.copy_(centers - self.model.quantizer.shift_codebook)

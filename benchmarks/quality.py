@@ -60,6 +60,13 @@ def tone_and_detail_psnr(out: np.ndarray, truth: np.ndarray) -> tuple[float, flo
     return psnr(truth + low, truth), psnr(truth + error - low, truth)
 
 
+def brightness_fixed_psnr(out: np.ndarray, truth: np.ndarray) -> float:
+    """The PSNR after the one gain per photo that fits the output best to the truth (least squares): the error
+    that is left when each photo's overall brightness is judged right, which a blind method has to guess."""
+    gain = float(np.sum(out * truth) / max(float(np.sum(out * out)), 1e-12))
+    return psnr(np.clip(out * gain, 0, 1), truth)
+
+
 def auto_exposure(dark: np.ndarray) -> np.ndarray:
     """A global gain that brings the photo's mean luminance to AUTO_EXPOSURE_LUMA: knows nothing of the exposure."""
     return np.clip(dark * (AUTO_EXPOSURE_LUMA / max(float(np.mean(dark @ LUMA)), 1e-4)), 0, 1)
@@ -92,7 +99,8 @@ def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> d
                 "psnr": float(np.mean([psnr(o, g) for o, (_, g) in zip(outs, ps)])),
                 "ssim": float(np.mean([ssim(o, g) for o, (_, g) in zip(outs, ps)])),
                 "luminance": float(np.mean([np.mean(o @ LUMA) for o in outs])),
-                "tone_psnr": float(split[:, 0].mean()), "detail_psnr": float(split[:, 1].mean())}
+                "tone_psnr": float(split[:, 0].mean()), "detail_psnr": float(split[:, 1].mean()),
+                "brightness_fixed_psnr": float(np.mean([brightness_fixed_psnr(o, g) for o, (_, g) in zip(outs, ps)]))}
         table[strength][BASELINE].update(gamma=gamma, gain=gain)
         table[strength][ONE_CURVE].update(gamma=one_gamma, gain=one_gain)
         table[strength]["truth luminance"] = float(np.mean([np.mean(g @ LUMA) for _, g in ps]))
@@ -126,11 +134,14 @@ def markdown(title: str, table: dict, count: int) -> list[str]:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("| (ground truth mean luma) | " + " | ".join(f"{table[s]['truth luminance']:.3f}" for s in STRENGTHS) + " |")
     lines += ["", f"Where the error is: the PSNR with only the tone part of the error (scales above {TONE_SIGMA:g} px: "
-              "brightness, colour, contrast), and with only the detail part (noise, edges, texture).", "",
-              "| method | " + " | ".join(f"{s} tone / detail" for s in STRENGTHS) + " |", "|---|" + "---|" * len(STRENGTHS)]
+              "brightness, colour, contrast), with only the detail part (noise, edges, texture), and the whole PSNR once each "
+              "photo's overall brightness is set right (the one gain per photo that fits it best: what is left when the "
+              "exposure is judged right).", "",
+              "| method | " + " | ".join(f"{s} tone / detail / brightness fixed" for s in STRENGTHS) + " |",
+              "|---|" + "---|" * len(STRENGTHS)]
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{table[s][m]['tone_psnr']:.2f} / {table[s][m]['detail_psnr']:.2f} dB"
-                                              for s in STRENGTHS) + " |")
+        lines.append(f"| {m} | " + " | ".join(f"{table[s][m]['tone_psnr']:.2f} / {table[s][m]['detail_psnr']:.2f} / "
+                                              f"{table[s][m]['brightness_fixed_psnr']:.2f} dB" for s in STRENGTHS) + " |")
     return lines + [""]
 
 

@@ -219,6 +219,18 @@ def test_quality_splits_an_error_into_tone_and_detail():
     assert detail < 27 and tone > detail + 15
 
 
+def test_quality_separates_judging_the_brightness_from_rendering_the_photo():
+    from benchmarks.quality import brightness_fixed_psnr
+    from export.fidelity import psnr
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
+    darker = truth * 0.7  # right photo, wrong brightness: the gain that fixes it is 1/0.7
+    assert psnr(darker, truth) < 20 and brightness_fixed_psnr(darker, truth) > 60
+    noisy = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1).astype(np.float32)  # right brightness, wrong detail
+    assert abs(brightness_fixed_psnr(noisy, truth) - psnr(noisy, truth)) < 0.2
+
+
 def test_training_ssim_is_the_ssim_of_the_reports():
     """Training's loss needs a differentiable SSIM (pytorch-msssim); every report uses export.fidelity.ssim
     (torch-free). They must be one definition: same window, sigma, constants and valid region."""

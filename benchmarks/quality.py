@@ -80,6 +80,16 @@ def tuned_global_curve(pairs) -> tuple[float, float]:
     return float(best[0]), float(best[1])
 
 
+METRICS = ("psnr", "ssim", "luminance", "tone_psnr", "detail_psnr", "brightness_fixed_psnr")
+
+
+def mean_metrics(outs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
+    """Every METRICS figure of each output against its photo, averaged over the photos."""
+    per_photo = [(psnr(o, g), ssim(o, g), np.mean(o @ LUMA), *tone_and_detail_psnr(o, g), brightness_fixed_psnr(o, g))
+                 for o, g in zip(outs, truths)]
+    return dict(zip(METRICS, (float(np.mean(column)) for column in zip(*per_photo))))
+
+
 def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> dict:
     """{strength: {method: {psnr, ssim, luminance}} + the tuned curve} over the photos."""
     table = {}
@@ -92,15 +102,7 @@ def evaluate(photos: list[tuple[str, np.ndarray]], models: dict, seed: int) -> d
                    AUTO_EXPOSURE: [auto_exposure(d) for d, _ in ps]}
         for name, model in models.items():
             outputs[name] = [run_network(model, d) for d, _ in ps]
-        table[strength] = {}
-        for name, outs in outputs.items():
-            split = np.array([tone_and_detail_psnr(o, g) for o, (_, g) in zip(outs, ps)])
-            table[strength][name] = {
-                "psnr": float(np.mean([psnr(o, g) for o, (_, g) in zip(outs, ps)])),
-                "ssim": float(np.mean([ssim(o, g) for o, (_, g) in zip(outs, ps)])),
-                "luminance": float(np.mean([np.mean(o @ LUMA) for o in outs])),
-                "tone_psnr": float(split[:, 0].mean()), "detail_psnr": float(split[:, 1].mean()),
-                "brightness_fixed_psnr": float(np.mean([brightness_fixed_psnr(o, g) for o, (_, g) in zip(outs, ps)]))}
+        table[strength] = {name: mean_metrics(outs, [g for _, g in ps]) for name, outs in outputs.items()}
         table[strength][BASELINE].update(gamma=gamma, gain=gain)
         table[strength][ONE_CURVE].update(gamma=one_gamma, gain=one_gain)
         table[strength]["truth luminance"] = float(np.mean([np.mean(g @ LUMA) for _, g in ps]))
